@@ -1,0 +1,451 @@
+"""Model cards for MAKE checkpoints: Hub metadata plus a readable page, filled from a run's config and evaluation.
+
+`generate_model_card(config, evaluation)` returns a `huggingface_hub.ModelCard` whose YAML header carries
+`library_name`, `pipeline_tag`, tags, license, datasets and a `model-index` with every retrieval metric of the
+evaluation (Recall@k, MRR@10, NDCG@10), and whose body says what the model is, how to use it, how it was trained
+and what it scored. The pre-training script saves it as the checkpoint's `README.md`; `make_hf.hub.push_to_hub`
+writes one when a folder has none.
+
+Metadata choices:
+
+- `library_name: transformers`. A MAKE checkpoint is a plain `transformers` checkpoint (safetensors weights,
+  `config.json` with an `auto_map`, the model code shipped next to it), so `transformers` alone loads it with
+  `trust_remote_code=True`. The Hub knows that library: it shows the right "use this model" snippet and counts
+  downloads. `make_hf` is a tag (the Hub lists no `make_hf` library, so that name would show nothing useful).
+- `pipeline_tag: feature-extraction`. The model outputs embeddings; the Hub has no text-to-multimodal retrieval
+  pipeline, and `sentence-similarity` means sentence-transformers.
+- `model-index`: task `information-retrieval` (as sentence-transformers cards use), one result per evaluation
+  group (a condition such as title+image / title-only / image-only, or a bucket inside one), the group's path as
+  the dataset `config`, metric types `recall@1`, `mrr@10`, `ndcg@10` as the evaluation reports them.
+
+The evaluation JSON is read generically: any nesting of mappings, where a mapping holding keys like `recall@10`,
+`mrr@10`, `ndcg@10` (any case, optional prefix such as `eval_`) with numbers is one group of metrics, named by the
+keys leading to it. Other keys (counts, weights, settings) are ignored by the metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
+"""The Jinja template of the card's body (the Hub's own template format: `{{ card_data }}` is the YAML header)."""
+
+LIBRARY_NAME = "transformers"
+PIPELINE_TAG = "feature-extraction"
+TASK_TYPE = "information-retrieval"
+TASK_NAME = "Text-to-multimodal product retrieval"
+DEFAULT_TAGS = (
+    "make_hf",
+    "make",
+    "product-retrieval",
+    "text-to-multimodal-retrieval",
+    "e-commerce",
+    "vision-language",
+    "multimodal",
+    "contrastive-learning",
+    "dense-retrieval",
+    "custom_code",
+)
+
+_METRIC_KEY = re.compile(r"(?:.*[_\-/. ])?(recall|mrr|ndcg)@(\d+)", re.IGNORECASE)
+_METRIC_ORDER = {"recall": 0, "mrr": 1, "ndcg": 2}
+_METRIC_PRETTY = {"recall": "Recall", "mrr": "MRR", "ndcg": "NDCG"}
+
+# What each published preset is, how to train it and what that needs. Other presets get the generic text.
+PRESET_NOTES: dict[str, dict[str, str]] = {
+    "make-small": {
+        "summary": (
+            "`make-small` is the built-in default of make_hf: small BERT-style text towers and a small ViT, trained "
+            "from scratch on the embedded synthetic shop in minutes on a CPU. It is a demonstration and a "
+            "reproducible baseline, not a model for a real catalogue."
+        ),
+        "training_description": (
+            "Trained from scratch (no pretrained weights are needed) on the embedded synthetic shop: a "
+            "deterministic generator of products whose colour, pattern and shape only the image shows and whose "
+            "brand, material and size only the title states, with short queries that use colloquial words, "
+            "abbreviations, synonyms and typos. The WordPiece vocabulary is trained on the same corpus. The "
+            "pre-training script with no arguments trains exactly this model:"
+        ),
+        "training_command": "accelerate launch examples/pretrain.py",
+        "requirements": (
+            "A CPU and a few minutes (2 cores are enough), no GPU, no download: the data, the tokenizer and the "
+            "weights are all produced locally. Python 3.10+, torch 2.4+, transformers 5."
+        ),
+    },
+    "make-base": {
+        "summary": (
+            "`make-base` is the full-size MAKE configuration: BERT-base-sized query and title encoders (12 layers, "
+            "768 hidden) and a ViT-B/16 image encoder at 224 px. It is meant for real (query, title, image) logs of "
+            "a shop, or for the Emoji-CLDR-3D benchmark."
+        ),
+        "training_description": (
+            "Train on (user query, clicked or bought product title, product image) triples from search logs: a "
+            "JSONL/CSV/Parquet file with `query`, `title`, `image` (path relative to the file) and `product_id` "
+            "columns, an image folder, or any `datasets` dataset. Start the towers from pretrained checkpoints when "
+            "you have them (`MakeModel.from_towers(query=..., title=..., vision=...)`, e.g. a BERT-base text "
+            "encoder in your shop's language and a ViT-B/16), or from scratch with a tokenizer trained on your "
+            "titles. Several GPUs, mixed precision and gradient accumulation are flags of the same script:"
+        ),
+        "training_command": (
+            "accelerate launch --multi_gpu --num_processes 8 --mixed_precision bf16 examples/pretrain.py \\\n"
+            "    --preset make-base --train_file logs/train.jsonl --eval_file logs/eval.jsonl \\\n"
+            "    --push_to_hub --hub_model_id org/make-base"
+        ),
+        "requirements": (
+            "GPUs: the three towers hold about 0.2 B parameters; in-batch negatives want large global batches "
+            "(thousands of triples across devices), so plan for several 40-80 GB GPUs and bf16. On a CPU it trains "
+            "(slowly) only for smoke tests. Data: hundreds of thousands to millions of logged triples, images at "
+            "224 px. Pretrained tower weights are optional and must be downloaded by you; make_hf never downloads "
+            "anything at run time."
+        ),
+    },
+}
+
+_GENERIC_NOTES = {
+    "summary": "A MAKE model for text-to-multimodal product retrieval, trained with make_hf.",
+    "training_description": "Trained with the make_hf pre-training script:",
+    "training_command": "accelerate launch examples/pretrain.py",
+    "requirements": (
+        "The towers' sizes above decide the hardware: the tiny and small presets train on a CPU, BERT-base-sized "
+        "towers want GPUs and large global batches."
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------------------- config
+
+
+def _read_json(path: str | os.PathLike, what: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist.") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{what} {str(path)!r} is not valid JSON: {error}") from None
+
+
+def _config_dict(config) -> dict:
+    """A config as a plain dict, from a `PretrainedConfig`, a mapping, a `config.json` or a model folder."""
+    if hasattr(config, "to_dict"):
+        return config.to_dict()
+    if isinstance(config, Mapping):
+        return dict(config)
+    if isinstance(config, (str, os.PathLike)):
+        path = Path(config)
+        if path.is_dir():
+            path = path / "config.json"
+        return _read_json(path, "The config file")
+    raise TypeError(
+        f"`config` must be a MakeConfig, a dict, a config.json path or a model folder, got {type(config).__name__}."
+    )
+
+
+def _sub_config(config: dict, name: str) -> dict:
+    value = config.get(name) or {}
+    return value.to_dict() if hasattr(value, "to_dict") else dict(value)
+
+
+def _describe_text_tower(tower: dict) -> str:
+    if not tower:
+        return "-"
+    parts = [tower.get("model_type", "text encoder")]
+    if "num_hidden_layers" in tower and "hidden_size" in tower:
+        parts.append(f"{tower['num_hidden_layers']} layers, hidden {tower['hidden_size']}")
+    if "num_attention_heads" in tower:
+        parts.append(f"{tower['num_attention_heads']} heads")
+    if "vocab_size" in tower:
+        parts.append(f"vocabulary {tower['vocab_size']:,}")
+    return ", ".join(str(part) for part in parts)
+
+
+def _describe_vision_tower(tower: dict) -> str:
+    if not tower:
+        return "-"
+    parts = [tower.get("model_type", "image encoder")]
+    if "num_hidden_layers" in tower and "hidden_size" in tower:
+        parts.append(f"{tower['num_hidden_layers']} layers, hidden {tower['hidden_size']}")
+    if "image_size" in tower:
+        patch = f", patch {tower['patch_size']}" if "patch_size" in tower else ""
+        parts.append(f"{tower['image_size']} px{patch}")
+    return ", ".join(str(part) for part in parts)
+
+
+def _format_count(count: int | None) -> str:
+    if count is None:
+        return "see `model.num_parameters()`"
+    if count >= 1e9:
+        return f"{count / 1e9:.2f} B"
+    if count >= 1e6:
+        return f"{count / 1e6:.1f} M"
+    return f"{count:,}"
+
+
+_FUSION = {
+    "modal_adaptation": "Modal Adaptation: per-product softmax weights over title and image, from an MLP on "
+    "`[t, v, t*v]`; a product missing a modality gets weight 1 on the other",
+    "mean": "mean of the title and image embeddings (no Modal Adaptation)",
+    "title": "title embedding only",
+    "image": "image embedding only",
+}
+
+
+def _template_variables(config: dict) -> dict:
+    query, title, vision = (_sub_config(config, key) for key in ("query_config", "title_config", "vision_config"))
+    shared = bool(config.get("share_text_encoder", False))
+    keyword = bool(config.get("keyword_enhancement", True))
+    weights = [
+        ("query-product", "query_product_loss_weight", 1.0),
+        ("title-image", "title_image_loss_weight", 0.5),
+        ("query-title", "query_title_loss_weight", 0.25),
+        ("query-image", "query_image_loss_weight", 0.25),
+        ("keyword-title", "keyword_title_loss_weight", 0.5),
+        ("query-keyword", "query_keyword_loss_weight", 0.5),
+    ]
+    used = [(name, config.get(key, default)) for name, key, default in weights]
+    if not keyword:
+        used = [(name, value) for name, value in used if "keyword" not in name]
+    logit_scale = config.get("logit_scale_init_value", math.log(1 / 0.07))
+    return {
+        "query_tower": _describe_text_tower(query) + (" (shared with the title encoder)" if shared else ""),
+        "title_tower": _describe_text_tower(title) if not shared else "the query encoder (shared)",
+        "image_tower": _describe_vision_tower(vision),
+        "projection_dim": config.get("projection_dim", 256),
+        "text_pooling": config.get("text_pooling", "mean"),
+        "fusion_description": _FUSION.get(config.get("fusion", "modal_adaptation"), str(config.get("fusion"))),
+        "keyword_description": (
+            "on: title keywords are encoded by the query encoder; losses keyword→title and query↔keyword "
+            "(on pairs whose keyword terms contain every query term)"
+            if keyword
+            else "off"
+        ),
+        "false_negative_masking": "on" if config.get("false_negative_masking", False) else "off",
+        "temperature": f"{math.exp(-logit_scale):.3g}",
+        "logit_scale_max": config.get("logit_scale_max", 100.0),
+        "loss_weights": ", ".join(f"{name} {value:g}" for name, value in used),
+    }
+
+
+# --------------------------------------------------------------------------------------------------- metrics
+
+
+def _metric_parts(key: str) -> tuple[str, int] | None:
+    match = _METRIC_KEY.fullmatch(key)
+    if match is None:
+        return None
+    return match.group(1).lower(), int(match.group(2))
+
+
+def metric_groups(evaluation: Mapping | str | os.PathLike) -> list[tuple[tuple[str, ...], dict[str, float]]]:
+    """The groups of retrieval metrics in an evaluation result, in reading order.
+
+    Args:
+        evaluation: the evaluation's JSON (a mapping, or the path of a JSON file). Any nesting of mappings; a
+            mapping with metric keys (`recall@k`, `mrr@k`, `ndcg@k`, case-insensitive, an optional prefix such as
+            `eval_`) is a group.
+
+    Returns:
+        `[(path, {"recall@1": 0.8, ..., "mrr@10": ..., "ndcg@10": ...})]`: `path` is the tuple of keys leading to the
+        group (empty for top-level metrics); metric names are normalised to lower case `name@k` and ordered
+        recall (by k), MRR, NDCG.
+
+    Raises:
+        ValueError: the JSON holds no metric at all, or a metric value is not a finite number.
+    """
+    if isinstance(evaluation, (str, os.PathLike)):
+        evaluation = _read_json(evaluation, "The evaluation file")
+    if not isinstance(evaluation, Mapping):
+        raise ValueError(f"The evaluation must be a JSON object (mapping), got {type(evaluation).__name__}.")
+    groups: list[tuple[tuple[str, ...], dict[str, float]]] = []
+
+    def visit(node: Mapping, path: tuple[str, ...]) -> None:
+        metrics = {}
+        for key, value in node.items():
+            parts = _metric_parts(str(key))
+            if parts is not None and not isinstance(value, Mapping):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    where = "/".join((*path, str(key)))
+                    raise ValueError(f"Evaluation metric {where!r} must be a finite number, got {value!r}.")
+                metrics[parts] = float(value)
+        if metrics:
+            ordered = sorted(metrics, key=lambda part: (_METRIC_ORDER[part[0]], part[1]))
+            groups.append((path, {f"{name}@{k}": metrics[(name, k)] for name, k in ordered}))
+        for key, value in node.items():
+            if isinstance(value, Mapping):
+                visit(value, (*path, str(key)))
+
+    visit(evaluation, ())
+    if not groups:
+        raise ValueError(
+            "The evaluation holds no retrieval metric: expected keys such as 'recall@10', 'mrr@10' or 'ndcg@10' "
+            "(at the top level or inside nested groups)."
+        )
+    return groups
+
+
+def _pretty_metric(metric: str) -> str:
+    name, k = metric.split("@")
+    return f"{_METRIC_PRETTY[name]}@{k}"
+
+
+def eval_results_from_groups(
+    groups: list[tuple[tuple[str, ...], dict[str, float]]],
+    *,
+    dataset_name: str,
+    dataset_type: str,
+    dataset_split: str = "test",
+) -> list[EvalResult]:
+    """One `EvalResult` per metric per group; the group path becomes the dataset `config` of the model-index."""
+    results = []
+    for path, metrics in groups:
+        for metric, value in metrics.items():
+            results.append(
+                EvalResult(
+                    task_type=TASK_TYPE,
+                    task_name=TASK_NAME,
+                    dataset_type=dataset_type,
+                    dataset_name=dataset_name,
+                    dataset_config="/".join(path) if path else None,
+                    dataset_split=dataset_split,
+                    metric_type=metric,
+                    metric_name=_pretty_metric(metric),
+                    metric_value=round(value, 4),
+                )
+            )
+    return results
+
+
+def _evaluation_tables(groups) -> list[dict]:
+    columns = []
+    for _, metrics in groups:
+        columns.extend(metric for metric in metrics if metric not in columns)
+    columns.sort(key=lambda metric: (_METRIC_ORDER[metric.split("@")[0]], int(metric.split("@")[1])))
+    rows = []
+    for path, metrics in groups:
+        label = " / ".join(path) if path else "all"
+        rows.append([label] + [f"{metrics[column]:.3f}" if column in metrics else "-" for column in columns])
+    return [{"title": None, "header": ["evaluation"] + [_pretty_metric(column) for column in columns], "rows": rows}]
+
+
+# --------------------------------------------------------------------------------------------------- the card
+
+
+def generate_model_card(
+    config,
+    evaluation: Mapping | str | os.PathLike | None = None,
+    *,
+    model_id: str | None = None,
+    preset: str | None = None,
+    dataset_name: str = "synthetic shop",
+    dataset_id: str | None = None,
+    dataset_split: str = "test",
+    datasets: list[str] | None = None,
+    training_args: Mapping[str, Any] | None = None,
+    num_parameters: int | None = None,
+    license: str = "apache-2.0",
+    language: str | list[str] | None = None,
+    base_model: str | list[str] | None = None,
+    tags: list[str] | None = None,
+    template_path: str | os.PathLike | None = None,
+    **template_kwargs,
+) -> ModelCard:
+    """Fill the MAKE model card from a run's config and evaluation.
+
+    Args:
+        config: the model's `MakeConfig`, its dict, a `config.json` path or a saved model folder.
+        evaluation: the evaluation result (mapping or JSON path; see `metric_groups`), or None for a card without
+            results (no `model-index`).
+        model_id: the repo id (`org/make-base`) or name shown as the title, in the usage snippet and as the
+            model-index name. Defaults to the preset name, else "make-model".
+        preset: the `MakeConfig` preset the run started from (`make-small`, `make-base`, ...): picks the
+            description, training command and requirements written for it.
+        dataset_name: readable name of the evaluation set (model-index `dataset.name`).
+        dataset_id: its id (model-index `dataset.type`; a Hub dataset id when there is one). Defaults to a slug
+            of `dataset_name`.
+        dataset_split: the evaluated split.
+        datasets: the training datasets for the `datasets` metadata. Defaults to `[dataset_id]` when
+            `dataset_id` is given.
+        training_args: hyper-parameters to list (name -> value), e.g. the training script's parsed arguments.
+        num_parameters: the model's parameter count (`model.num_parameters()`), shown in the details table.
+        license, language, base_model, tags: metadata; `tags` are added to the default MAKE tags.
+        template_path: another Jinja template (default: `make_hf/templates/model_card.md`).
+        **template_kwargs: overrides of any template variable (`summary`, `training_command`, `requirements`, ...).
+
+    Returns:
+        A `huggingface_hub.ModelCard`; `card.save(folder / "README.md")` writes it, `card.data` is its metadata.
+    """
+    config_dict = _config_dict(config)
+    notes = PRESET_NOTES.get(preset or "", _GENERIC_NOTES)
+    name = model_id or preset or "make-model"
+    dataset_type = dataset_id or re.sub(r"[^a-z0-9]+", "-", dataset_name.lower()).strip("-")
+
+    eval_results, tables = None, []
+    if evaluation is not None:
+        groups = metric_groups(evaluation)
+        eval_results = eval_results_from_groups(
+            groups, dataset_name=dataset_name, dataset_type=dataset_type, dataset_split=dataset_split
+        )
+        tables = _evaluation_tables(groups)
+
+    card_data = ModelCardData(
+        library_name=LIBRARY_NAME,
+        pipeline_tag=PIPELINE_TAG,
+        license=license,
+        language=language,
+        base_model=base_model,
+        datasets=datasets if datasets is not None else ([dataset_id] if dataset_id else None),
+        tags=list(dict.fromkeys([*DEFAULT_TAGS, *(tags or [])])),
+        metrics=["recall", "mrr", "ndcg"] if eval_results else None,
+        model_name=name,
+        eval_results=eval_results,
+    )
+    hyperparameters = [(str(key), _format_value(value)) for key, value in (training_args or {}).items()]
+    variables = {
+        **notes,
+        **_template_variables(config_dict),
+        "model_id": name,
+        "repo_id": model_id or f"org/{name}",
+        "num_parameters": _format_count(num_parameters),
+        "hyperparameters": hyperparameters,
+        "evaluation_tables": tables,
+        "evaluation_description": (
+            f"Exact search over the `{dataset_name}` catalogue ({dataset_split} split). Conditions: title+image, "
+            "title-only, image-only product vectors (where the run evaluated them); buckets split the queries by "
+            "what their terms were seen in during training."
+        ),
+        "no_results_text": (
+            "No evaluation was attached to this card. The pre-training script evaluates the checkpoint at the end "
+            "of training (Recall@1/5/10/50, MRR@10, NDCG@10 per condition and query bucket) and writes the numbers "
+            "here and into the `model-index` metadata."
+        ),
+        **template_kwargs,
+    }
+    return ModelCard.from_template(card_data, template_path=str(template_path or TEMPLATE_PATH), **variables)
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_format_value(item) for item in value)
+    return str(value).replace("|", "\\|")
+
+
+__all__ = [
+    "DEFAULT_TAGS",
+    "LIBRARY_NAME",
+    "PIPELINE_TAG",
+    "PRESET_NOTES",
+    "TEMPLATE_PATH",
+    "eval_results_from_groups",
+    "generate_model_card",
+    "metric_groups",
+]
