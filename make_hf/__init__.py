@@ -2,4 +2,31 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from transformers import AutoConfig, AutoModel, AutoProcessor
+
+from .configuration_make import PRESET_NAMES, MakeConfig
+from .modeling_make import MakeModel, MakeOutput, MakePreTrainedModel, ModalAdaptation
+from .image_utils import load_image, load_images
+from .keywords import KeywordExtractor, hash_term
+from .processing_make import MakeProcessor
+from .tokenization import train_tokenizer
+
+AutoConfig.register("make", MakeConfig, exist_ok=True)
+AutoModel.register(MakeConfig, MakeModel, exist_ok=True)
+AutoProcessor.register(MakeConfig, MakeProcessor, exist_ok=True)
+
+__all__ = [
+    "__version__",
+    "MakeConfig",
+    "MakeModel",
+    "MakeOutput",
+    "MakePreTrainedModel",
+    "ModalAdaptation",
+    "KeywordExtractor",
+    "MakeProcessor",
+    "hash_term",
+    "load_image",
+    "load_images",
+    "train_tokenizer",
+    "PRESET_NAMES",
+]
