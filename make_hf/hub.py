@@ -1,0 +1,247 @@
+"""Publish a MAKE checkpoint to the Hugging Face Hub: model, processor, code and model card in one commit.
+
+`push_to_hub(folder_or_model, repo_id)` takes a folder written by `save_pretrained` (the pre-training script's output)
+or a live `MakeModel` (plus its `MakeProcessor`), creates the repo if needed and uploads everything as one commit:
+
+- the weights, `config.json` and the processor files;
+- the model and processor code (`configuration_make.py`, `modeling_make.py`, `processing_make.py` and what they
+  import) with `auto_map` entries, so that `AutoModel` / `AutoProcessor.from_pretrained(repo_id,
+  trust_remote_code=True)` work where `make_hf` is not installed. A folder saved by a registered class already has
+  them; anything missing is added to the upload, the local folder is never modified;
+- a `README.md` model card: the one given, else the folder's own, else one generated from `config.json` (and the
+  evaluation, when given) by `make_hf.modelcard.generate_model_card`.
+
+The same is available from a shell: `make-hf push FOLDER REPO_ID`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
+from huggingface_hub.utils import filter_repo_objects
+
+from .modelcard import generate_model_card
+
+DEFAULT_IGNORE_PATTERNS = (".git/*", ".cache/*", "*/.ipynb_checkpoints/*", "__pycache__/*", "*.pyc", "*/__pycache__/*")
+"""Never uploaded: version control, caches and byte code."""
+
+# auto_map entries a pushed checkpoint needs, by JSON file: (Auto class, module, class name).
+_MODEL_AUTO_MAP = (("AutoConfig", "configuration_make", "MakeConfig"), ("AutoModel", "modeling_make", "MakeModel"))
+_PROCESSOR_AUTO_MAP = (("AutoProcessor", "processing_make", "MakeProcessor"),)
+_PROCESSOR_CONFIG_FILES = ("processor_config.json",)
+
+
+def _package_module_file(module: str) -> Path:
+    return Path(__file__).parent / f"{module}.py"
+
+
+def _code_files(modules) -> dict[str, Path]:
+    """The package files of `modules` and, recursively, of their relative imports (what remote code loads)."""
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    files = {}
+    for module in modules:
+        path = _package_module_file(module)
+        if not path.is_file():
+            raise FileNotFoundError(f"make_hf ships no {path.name}; reinstall make_hf (`pip install -e .`).")
+        files[path.name] = path
+        for needed in get_relative_import_files(path):
+            files[Path(needed).name] = Path(needed)
+    return files
+
+
+def _with_auto_map(config: dict, entries) -> dict | None:
+    """`config` with the missing auto_map entries added, or None when nothing is missing."""
+    auto_map = dict(config.get("auto_map") or {})
+    missing = {auto: f"{module}.{name}" for auto, module, name in entries if auto not in auto_map}
+    if not missing:
+        return None
+    return {**config, "auto_map": {**auto_map, **missing}}
+
+
+def remote_code_additions(folder: str | os.PathLike) -> dict[str, bytes]:
+    """Files (path in repo -> content) to add to `folder`'s upload so that it loads with `trust_remote_code=True`
+    without make_hf: missing code files and `config.json` / `processor_config.json` with their `auto_map`.
+
+    Empty for a folder that already has them. A folder that is not a MAKE model (its `config.json` has another
+    `model_type`) gets nothing."""
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if config.get("model_type") != "make":
+        return {}
+    additions: dict[str, bytes] = {}
+    modules = {module for _, module, _ in _MODEL_AUTO_MAP}
+    patched = _with_auto_map(config, _MODEL_AUTO_MAP)
+    if patched is not None:
+        additions["config.json"] = (json.dumps(patched, indent=2, sort_keys=True) + "\n").encode()
+    for name in _PROCESSOR_CONFIG_FILES:
+        path = folder / name
+        if path.is_file():
+            modules |= {module for _, module, _ in _PROCESSOR_AUTO_MAP}
+            patched = _with_auto_map(json.loads(path.read_text(encoding="utf-8")), _PROCESSOR_AUTO_MAP)
+            if patched is not None:
+                additions[name] = (json.dumps(patched, indent=2, sort_keys=True) + "\n").encode()
+    for filename, path in _code_files(sorted(modules)).items():
+        if not (folder / filename).is_file():
+            additions[filename] = path.read_bytes()
+    return additions
+
+
+def _card_bytes(model_card) -> bytes:
+    if isinstance(model_card, ModelCard):
+        return str(model_card).encode()
+    if isinstance(model_card, (bytes, bytearray)):
+        return bytes(model_card)
+    if isinstance(model_card, str):
+        return model_card.encode()
+    raise TypeError(f"`model_card` must be a ModelCard, str or bytes, got {type(model_card).__name__}.")
+
+
+def push_to_hub(
+    folder_or_model,
+    repo_id: str,
+    *,
+    processor=None,
+    model_card: ModelCard | str | None = None,
+    evaluation: Mapping | str | os.PathLike | None = None,
+    card_kwargs: Mapping[str, Any] | None = None,
+    commit_message: str | None = None,
+    commit_description: str | None = None,
+    private: bool | None = None,
+    token: str | None = None,
+    create_pr: bool = False,
+    endpoint: str | None = None,
+    ignore_patterns: list[str] | None = None,
+):
+    """Upload a MAKE checkpoint (model, processor, code, model card) to `repo_id` as one commit.
+
+    Args:
+        folder_or_model: a folder written by `save_pretrained` (it must hold `config.json`), or a `MakeModel`
+            (saved to a temporary folder first, with `processor` when given).
+        repo_id: the target repo, `namespace/name`; created (model repo) if it does not exist.
+        processor: the `MakeProcessor` to save next to a model object. For a folder, save it there beforehand.
+        model_card: the card to upload as `README.md`. Default: the folder's own `README.md`, else a card
+            generated from `config.json` and `evaluation` (`generate_model_card(..., model_id=repo_id,
+            **card_kwargs)`).
+        evaluation: evaluation results for a generated card (mapping or JSON path; see `make_hf.modelcard`).
+        card_kwargs: more arguments of `generate_model_card` (`preset`, `dataset_name`, `training_args`, ...).
+        commit_message, commit_description: of the commit. Default message: "Upload MAKE model".
+        private: visibility when the repo is created (ignored if it exists).
+        token: Hub token; default: the saved login / `HF_TOKEN`.
+        create_pr: open a pull request instead of committing to `main`.
+        endpoint: Hub URL; default: `HF_ENDPOINT` or huggingface.co.
+        ignore_patterns: more glob patterns of folder files not to upload (on top of `DEFAULT_IGNORE_PATTERNS`).
+
+    Returns:
+        The `huggingface_hub.CommitInfo` of the commit (`.oid`, `.commit_url`, `.pr_url`).
+    """
+    if isinstance(folder_or_model, (str, os.PathLike)):
+        return _push_folder(
+            Path(folder_or_model), repo_id, model_card=model_card, evaluation=evaluation, card_kwargs=card_kwargs,
+            commit_message=commit_message, commit_description=commit_description, private=private, token=token,
+            create_pr=create_pr, endpoint=endpoint, ignore_patterns=ignore_patterns,
+        )
+    if not hasattr(folder_or_model, "save_pretrained"):
+        raise TypeError(
+            f"`folder_or_model` must be a model folder path or a model with `save_pretrained`, got "
+            f"{type(folder_or_model).__name__}."
+        )
+    with tempfile.TemporaryDirectory(prefix="make_hf_push_") as folder:
+        folder_or_model.save_pretrained(folder)
+        if processor is not None:
+            processor.save_pretrained(folder)
+        card_kwargs = dict(card_kwargs or {})
+        if model_card is None and "num_parameters" not in card_kwargs and hasattr(folder_or_model, "num_parameters"):
+            card_kwargs["num_parameters"] = folder_or_model.num_parameters()
+        return _push_folder(
+            Path(folder), repo_id, model_card=model_card, evaluation=evaluation, card_kwargs=card_kwargs,
+            commit_message=commit_message, commit_description=commit_description, private=private, token=token,
+            create_pr=create_pr, endpoint=endpoint, ignore_patterns=ignore_patterns,
+        )
+
+
+def _push_folder(
+    folder: Path, repo_id: str, *, model_card, evaluation, card_kwargs, commit_message, commit_description, private,
+    token, create_pr, endpoint, ignore_patterns,
+):
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Model folder {str(folder)!r} does not exist; save the model there first.")
+    if not (folder / "config.json").is_file():
+        raise ValueError(
+            f"{str(folder)!r} holds no config.json: it is not a saved model. Save one with "
+            "`model.save_pretrained(folder)` and `processor.save_pretrained(folder)`, then push the folder."
+        )
+    files = sorted(
+        path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()
+    )
+    files = list(
+        filter_repo_objects(files, ignore_patterns=[*DEFAULT_IGNORE_PATTERNS, *(ignore_patterns or [])])
+    )
+    contents: dict[str, Path | bytes] = {name: folder / name for name in files}
+    contents.update(remote_code_additions(folder))
+    if model_card is not None:
+        contents["README.md"] = _card_bytes(model_card)
+    elif "README.md" not in contents:
+        card = generate_model_card(folder, evaluation, model_id=repo_id, **dict(card_kwargs or {}))
+        contents["README.md"] = str(card).encode()
+
+    api = HfApi(endpoint=endpoint, token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    operations = [
+        CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(value) if isinstance(value, Path) else value)
+        for name, value in sorted(contents.items())
+    ]
+    return api.create_commit(
+        repo_id,
+        operations,
+        commit_message=commit_message or "Upload MAKE model",
+        commit_description=commit_description,
+        create_pr=create_pr,
+    )
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+
+
+def add_push_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The arguments of `make-hf push FOLDER REPO_ID`."""
+    parser.add_argument("folder", help="folder written by save_pretrained (model + processor)")
+    parser.add_argument("repo_id", help="target repo, namespace/name (created if missing)")
+    parser.add_argument("--evaluation", help="evaluation JSON for the generated model card")
+    parser.add_argument("--preset", help="preset the model was trained from (picks the card's description)")
+    parser.add_argument("--dataset-name", default="synthetic shop", help="evaluation set name for the card")
+    parser.add_argument("--commit-message", default=None)
+    parser.add_argument("--private", action="store_true", help="create the repo private")
+    parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of pushing to main")
+    parser.add_argument("--token", default=None, help="Hub token (default: saved login or HF_TOKEN)")
+    return parser
+
+
+def run_push(args: argparse.Namespace) -> int:
+    """Run `make-hf push` with parsed `args`; prints the commit URL."""
+    card_kwargs = {"dataset_name": args.dataset_name}
+    if args.preset:
+        card_kwargs["preset"] = args.preset
+    info = push_to_hub(
+        args.folder,
+        args.repo_id,
+        evaluation=args.evaluation,
+        card_kwargs=card_kwargs,
+        commit_message=args.commit_message,
+        private=True if args.private else None,
+        token=args.token,
+        create_pr=args.create_pr,
+    )
+    print(info.pr_url or info.commit_url)
+    return 0
+
+
+__all__ = ["DEFAULT_IGNORE_PATTERNS", "add_push_arguments", "push_to_hub", "remote_code_additions", "run_push"]
