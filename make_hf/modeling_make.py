@@ -29,6 +29,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput, cached_file, logging
 
 from .configuration_make import MakeConfig
+from .hub_access import hub_access
 from .losses import keyword_coverage, masked_logit_fill_value, multi_positive_info_nce, positive_mask_from_ids
 
 
@@ -226,6 +227,14 @@ class MakePreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_attention_backend = True
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, except that a repo id which is not cached while the Hub cannot be
+        reached fails at once with what to do (a local folder, `HF_HUB_OFFLINE=1`), instead of retrying for a
+        minute and then raising a generic connection error. See `hub_access.py`."""
+        with hub_access(pretrained_model_name_or_path, kwargs):
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module):
