@@ -100,7 +100,7 @@ PRESET_NOTES: dict[str, dict[str, str]] = {
             "    --push_to_hub --hub_model_id org/make-base"
         ),
         "requirements": (
-            "GPUs: the three towers hold about 0.2 B parameters; in-batch negatives want large global batches "
+            "GPUs: the three towers hold about 0.3 B parameters; in-batch negatives want large global batches "
             "(thousands of triples across devices), so plan for several 40-80 GB GPUs and bf16. On a CPU it trains "
             "(slowly) only for smoke tests. Data: hundreds of thousands to millions of logged triples, images at "
             "224 px. Pretrained tower weights are optional and must be downloaded by you; make_hf never downloads "
@@ -220,6 +220,7 @@ def _template_variables(config: dict) -> dict:
         "image_tower": _describe_vision_tower(vision),
         "projection_dim": config.get("projection_dim", 256),
         "text_pooling": config.get("text_pooling", "mean"),
+        "vision_pooling": config.get("vision_pooling", "cls"),
         "fusion_description": _FUSION.get(config.get("fusion", "modal_adaptation"), str(config.get("fusion"))),
         "keyword_description": (
             "on: title keywords are encoded by the query encoder; losses keyword→title and query↔keyword "
@@ -404,7 +405,7 @@ def generate_model_card(
         datasets=datasets if datasets is not None else ([dataset_id] if dataset_id else None),
         tags=list(dict.fromkeys([*DEFAULT_TAGS, *(tags or [])])),
         metrics=["recall", "mrr", "ndcg"] if eval_results else None,
-        model_name=name,
+        model_name=name if eval_results else None,
         eval_results=eval_results,
     )
     hyperparameters = [(str(key), _format_value(value)) for key, value in (training_args or {}).items()]
@@ -439,6 +440,53 @@ def _format_value(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
+def _preset_parameter_count(config) -> int | None:
+    """Parameters of a model built from `config`, counted on the meta device (no memory, no init)."""
+    import torch
+
+    from .modeling_make import MakeModel
+
+    with torch.device("meta"):
+        return MakeModel(config).num_parameters()
+
+
+def main(argv=None) -> int:
+    """Write the card of a preset (and optionally a run's evaluation): `python -m make_hf.modelcard --preset
+    make-base --output model_cards/make-base/README.md`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__.split(":")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--preset", help="a MakeConfig preset name")
+    source.add_argument("--model", help="a saved model folder (its config.json)")
+    parser.add_argument("--card-preset", help="preset whose description to use with --model")
+    parser.add_argument("--evaluation", help="evaluation JSON of the run")
+    parser.add_argument("--model-id", help="repo id shown in the card (default: org/<preset>)")
+    parser.add_argument("--dataset-name", default="synthetic shop")
+    parser.add_argument("--output", required=True, help="where to write the card (README.md)")
+    args = parser.parse_args(argv)
+
+    if args.preset:
+        from .configuration_make import MakeConfig
+
+        config, preset = MakeConfig.from_preset(args.preset), args.preset
+        num_parameters = _preset_parameter_count(config)
+    else:
+        config, preset, num_parameters = args.model, args.card_preset, None
+    card = generate_model_card(
+        config,
+        args.evaluation,
+        model_id=args.model_id or f"org/{preset or 'make-model'}",
+        preset=preset,
+        dataset_name=args.dataset_name,
+        num_parameters=num_parameters,
+    )
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    card.save(args.output)
+    print(f"Wrote {args.output}")
+    return 0
+
+
 __all__ = [
     "DEFAULT_TAGS",
     "LIBRARY_NAME",
@@ -449,3 +497,7 @@ __all__ = [
     "generate_model_card",
     "metric_groups",
 ]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
