@@ -1,0 +1,136 @@
+"""The generated model card is a valid Hub card whose model-index carries the run's retrieval metrics."""
+
+import json
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub.repocard_data import model_index_to_eval_results
+
+from make_hf import PRESET_NAMES, MakeConfig
+from make_hf.modelcard import DEFAULT_TAGS, generate_model_card, metric_groups
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# The shape of an evaluation: conditions, each with its metrics and a breakdown by query bucket.
+EVALUATION = {
+    "title+image": {
+        "recall@1": 0.891,
+        "recall@5": 0.95,
+        "recall@10": 0.975,
+        "recall@50": 1.0,
+        "mrr@10": 0.921,
+        "ndcg@10": 0.934,
+        "num_queries": 400,
+        "buckets": {"seen": {"recall@1": 0.93, "recall@10": 0.99}, "title-only term": {"recall@1": 0.67}},
+    },
+    "title-only": {"Recall@1": 0.70, "recall@10": 0.90, "eval_mrr@10": 0.75},
+    "modal_weights": {"image-decided": 0.9, "title-decided": 0.07},
+}
+
+
+def _reload(card: ModelCard, tmp_path: Path) -> ModelCard:
+    path = tmp_path / "README.md"
+    card.save(path)
+    return ModelCard.load(path)
+
+
+def test_card_parses_and_model_index_carries_the_recall(tmp_path):
+    config = MakeConfig.from_preset("make-tiny")
+    evaluation_file = tmp_path / "eval.json"
+    evaluation_file.write_text(json.dumps(EVALUATION))
+
+    card = generate_model_card(
+        config,
+        evaluation_file,
+        model_id="org/make-tiny",
+        preset="make-small",
+        dataset_name="synthetic shop",
+        training_args={"learning_rate": 3e-4, "max_steps": 300},
+        num_parameters=123_456,
+    )
+    loaded = _reload(card, tmp_path)
+    data = loaded.data
+    assert isinstance(data, ModelCardData)
+    assert data.library_name == "transformers"
+    assert data.pipeline_tag == "feature-extraction"
+    assert data.license == "apache-2.0"
+    assert set(DEFAULT_TAGS) <= set(data.tags)
+    assert data.model_name == "org/make-tiny"
+
+    found = {
+        (result.dataset_config, result.metric_type): result.metric_value
+        for result in data.eval_results
+    }
+    assert found[("title+image", "recall@1")] == pytest.approx(0.891)
+    assert found[("title+image", "recall@50")] == pytest.approx(1.0)
+    assert found[("title+image", "ndcg@10")] == pytest.approx(0.934)
+    assert found[("title+image/buckets/title-only term", "recall@1")] == pytest.approx(0.67)
+    assert found[("title-only", "recall@1")] == pytest.approx(0.70)  # key case normalised
+    assert found[("title-only", "mrr@10")] == pytest.approx(0.75)  # prefix dropped
+    assert not any(config == "modal_weights" for config, _ in found)  # not retrieval metrics
+    assert all(result.task_type == "information-retrieval" for result in data.eval_results)
+    assert all(result.dataset_split == "test" for result in data.eval_results)
+
+    # The raw YAML is the Hub's model-index format, readable without ModelCardData.
+    model_name, results = model_index_to_eval_results(loaded.data.to_dict()["model-index"])
+    assert model_name == "org/make-tiny" and len(results) == len(data.eval_results)
+
+    # The body tells the same numbers and the run's settings.
+    assert "| title+image | 0.891 | 0.950 | 0.975 | 1.000 | 0.921 | 0.934 |" in loaded.text
+    assert "| max_steps | 300 |" in loaded.text
+    assert "bert, 2 layers, hidden 32" in loaded.text
+    assert "123,456" in loaded.text
+    assert 'MakeModel.from_pretrained("org/make-tiny")' in loaded.text
+
+
+def test_card_from_a_saved_config_without_evaluation(tmp_path):
+    config = MakeConfig.from_preset("clip", size="tiny")
+    config.save_pretrained(tmp_path)
+    loaded = _reload(generate_model_card(tmp_path, model_id="org/clip-tiny"), tmp_path)
+    assert loaded.data.eval_results is None
+    assert "model-index" not in loaded.data.to_dict()
+    assert "the query encoder (shared)" in loaded.text  # CLIP baseline: one text tower
+    assert "mean of the title and image embeddings" in loaded.text
+    assert "No evaluation was attached" in loaded.text
+
+
+@pytest.mark.parametrize("preset", PRESET_NAMES)
+def test_every_preset_gets_a_valid_card(preset, tmp_path):
+    card = generate_model_card(MakeConfig.from_preset(preset), {"recall@10": 0.5}, preset=preset)
+    loaded = _reload(card, tmp_path)
+    assert loaded.data.eval_results[0].metric_type == "recall@10"
+    assert loaded.data.eval_results[0].dataset_config is None  # top-level metrics: no group
+
+
+@pytest.mark.parametrize("name", ["make-small", "make-base"])
+def test_published_cards_parse(name):
+    card = ModelCard.load(REPO_ROOT / "model_cards" / name / "README.md")
+    assert card.data.library_name == "transformers"
+    assert card.data.pipeline_tag == "feature-extraction"
+    assert f"`{name}`" in card.text
+    assert "What it needs" in card.text
+
+
+def test_metric_groups_reads_nesting_in_order():
+    groups = metric_groups({"ndcg@10": 0.5, "recall@5": 0.4, "recall@1": 0.3, "a": {"b": {"mrr@10": 0.2}}})
+    assert groups == [((), {"recall@1": 0.3, "recall@5": 0.4, "ndcg@10": 0.5}), (("a", "b"), {"mrr@10": 0.2})]
+
+
+@pytest.mark.parametrize(
+    "evaluation, message",
+    [
+        ({"loss": 0.3, "conditions": {"steps": 10}}, "holds no retrieval metric"),
+        ({"title-only": {"recall@1": float("nan")}}, "'title-only/recall@1' must be a finite number"),
+        ({"recall@1": "high"}, "'recall@1' must be a finite number"),
+        ([0.3, 0.4], "must be a JSON object"),
+    ],
+)
+def test_bad_evaluations_are_reported(evaluation, message):
+    with pytest.raises(ValueError, match=message):
+        generate_model_card(MakeConfig.from_preset("make-tiny"), evaluation)
+
+
+def test_missing_evaluation_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="eval.json"):
+        metric_groups(tmp_path / "eval.json")
