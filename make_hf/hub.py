@@ -222,6 +222,7 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--private", action="store_true", help="create the repo private")
     parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of pushing to main")
     parser.add_argument("--token", default=None, help="Hub token (default: saved login or HF_TOKEN)")
+    parser.add_argument("--endpoint", default=None, help="Hub URL (default: HF_ENDPOINT or huggingface.co)")
     return parser
 
 
@@ -239,6 +240,7 @@ def run_push(args: argparse.Namespace) -> int:
         private=True if args.private else None,
         token=args.token,
         create_pr=args.create_pr,
+        endpoint=args.endpoint,
     )
     print(info.pr_url or info.commit_url)
     return 0

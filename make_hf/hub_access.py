@@ -120,7 +120,7 @@ def check_hub_access(
         return
     if local_files_only or hub_constants.is_offline_mode():
         raise HubUnreachableError(_offline_message(repo_id, revision, cache_dir))
-    url = hf_hub_url(repo_id, "config.json", revision=revision)
+    url = hf_hub_url(repo_id, "config.json", revision=revision, endpoint=hub_constants.ENDPOINT)
     try:
         get_session().head(
             url,
