@@ -1,5 +1,26 @@
-"""Data for MAKE: the synthetic shop, the Emoji-CLDR-3D benchmark, loading your own triples, and the collator."""
+"""Data for MAKE: the synthetic shop, the Emoji-CLDR-3D benchmark, loading your own triples, and the collator.
 
+Every dataset here has the same layout: a `DatasetDict` with `train` rows (`query`, `title`, `image`,
+`product_id`, ...) and, for `validation` and `test`, a catalogue `<split>_products` (`product_id`, `title`,
+`image`, ...) and `<split>_queries` (`query`, `relevant_ids`, ...) judged against that catalogue.
+"""
+
+from .collator import MakeCollator, hash_product_id
+from .emoji import build_emoji_cldr_3d, describe_emoji_cldr_3d, fetch_emoji_tarballs
+from .files import derive_product_id, load_triples
+from .skipped import SKIP_REASONS, SkippedRow, SkippedRows
 from .synthetic import make_synthetic_shop
 
-__all__ = ["make_synthetic_shop"]
+__all__ = [
+    "SKIP_REASONS",
+    "MakeCollator",
+    "SkippedRow",
+    "SkippedRows",
+    "build_emoji_cldr_3d",
+    "derive_product_id",
+    "describe_emoji_cldr_3d",
+    "fetch_emoji_tarballs",
+    "hash_product_id",
+    "load_triples",
+    "make_synthetic_shop",
+]

@@ -1,0 +1,149 @@
+"""`MakeCollator`: a list of training rows in, the model's batch out (the processor's keys plus `product_ids`).
+
+Use it as a `DataLoader`'s `collate_fn`. Each row is checked first (query present, product id present, image
+decodable with `make_hf.image_utils.load_image`); a row that fails is dropped from the batch and recorded in
+`collator.skipped_rows` (and logged), so an image that vanished or broke after loading costs one row, not the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from ..image_utils import load_image
+from .files import SOURCE_ROW_COLUMN, _is_blank
+from .skipped import SkippedRows
+
+logger = logging.getLogger(__name__)
+
+_INT63 = (1 << 63) - 1
+
+
+def hash_product_id(product_id: str) -> int:
+    """Stable non-negative int64 id of a product id string (blake2b; the same in every process and Python run).
+
+    The model treats batch rows with the same id as positives of each other (a product bought from several
+    queries), so equal strings must give equal ids on every data-loader worker and machine, which `hash()` does
+    not guarantee.
+    """
+    if not isinstance(product_id, str):
+        product_id = str(product_id)
+    digest = hashlib.blake2b(product_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & _INT63
+
+
+class MakeCollator:
+    """Turn training rows into a `MakeModel` batch with the processor.
+
+    Args:
+        processor (`MakeProcessor`): tokenizes queries/titles, prepares images, extracts keywords.
+        query_column, title_column, image_column, product_id_column: row keys (defaults: the standard names
+            that `load_triples` and the built-in datasets use). A key missing from the rows leaves that input out
+            (e.g. product rows without queries).
+        skipped_rows (`SkippedRows`, *optional*): the report to record dropped rows in; share the one given to
+            `load_triples` to get a single report per run. A new one by default (`collator.skipped_rows`).
+        extract_keywords: passed to the processor (None: its default, keywords for training batches).
+        source: the name used for rows in the report (default: the data file name is unknown here, "batch").
+
+    Returns (from `__call__`):
+        A `BatchFeature` with the processor's keys (`query_input_ids`, `title_input_ids`, `pixel_values`,
+        `image_mask`, `keyword_input_ids`, `query_term_ids`, ... as applicable) plus `product_ids` (B,) int64 from
+        `hash_product_id`. When every row of a batch is dropped the result is empty (`len(batch) == 0`); skip
+        such a batch. Checking rows up front with `load_triples` makes that practically impossible.
+    """
+
+    def __init__(
+        self,
+        processor,
+        *,
+        query_column: str = "query",
+        title_column: str = "title",
+        image_column: str = "image",
+        product_id_column: str = "product_id",
+        skipped_rows: SkippedRows | None = None,
+        extract_keywords: bool | None = None,
+        source: str | None = None,
+        return_tensors: str = "pt",
+    ):
+        self.processor = processor
+        self.query_column = query_column
+        self.title_column = title_column
+        self.image_column = image_column
+        self.product_id_column = product_id_column
+        self.skipped_rows = skipped_rows if skipped_rows is not None else SkippedRows()
+        self.extract_keywords = extract_keywords
+        self.source = source
+        self.return_tensors = return_tensors
+
+    def _skip(self, row: Mapping[str, Any], position: int, reason: str, detail: str) -> None:
+        index = row.get(SOURCE_ROW_COLUMN)
+        if index is None:
+            product = row.get(self.product_id_column)
+            detail = f"product {product!r}: {detail}" if product is not None else f"batch position {position}: {detail}"
+        self.skipped_rows.add(index, reason, detail, source=self.source)
+        logger.warning("Dropped a training row (%s, row %s): %s", reason, "?" if index is None else index, detail)
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]):
+        if not rows:
+            raise ValueError("MakeCollator got an empty list of rows; check the DataLoader's batch_size.")
+        first = rows[0]
+        has = {name: column in first for name, column in (("query", self.query_column), ("title", self.title_column),
+                                                          ("image", self.image_column),
+                                                          ("product_id", self.product_id_column))}
+        queries, titles, images, product_ids = [], [], [], []
+        for position, row in enumerate(rows):
+            query = row.get(self.query_column) if has["query"] else None
+            title = row.get(self.title_column) if has["title"] else None
+            image = row.get(self.image_column) if has["image"] else None
+            product_id = row.get(self.product_id_column) if has["product_id"] else None
+            if has["query"] and (not isinstance(query, str) or not query.strip()):
+                self._skip(row, position, "empty_query", "the query is empty")
+                continue
+            if has["product_id"] and _is_blank(product_id):
+                self._skip(row, position, "missing_product_id", "the product id is empty")
+                continue
+            loaded = None
+            if not (_is_blank(image) or (isinstance(image, Mapping) and image.get("bytes") is None
+                                         and _is_blank(image.get("path")))):
+                try:
+                    loaded = load_image(image, "image")
+                except FileNotFoundError as error:
+                    self._skip(row, position, "missing_image", str(error))
+                    continue
+                except ValueError as error:
+                    self._skip(row, position, "corrupt_image", str(error))
+                    continue
+            if has["title"] or has["image"]:
+                if loaded is None and _is_blank(title):
+                    self._skip(row, position, "no_title_or_image", "the product has neither a title nor an image")
+                    continue
+            queries.append(query)
+            titles.append(title if isinstance(title, str) and title.strip() else None)
+            images.append(loaded)
+            product_ids.append(product_id)
+        if not queries:
+            return _empty_batch()
+        batch = self.processor(
+            query=queries if has["query"] else None,
+            title=titles if has["title"] else None,
+            images=images if has["image"] else None,
+            return_tensors=self.return_tensors,
+            extract_keywords=self.extract_keywords,
+        )
+        if has["product_id"]:
+            ids = [hash_product_id(product_id) for product_id in product_ids]
+            batch["product_ids"] = torch.tensor(ids, dtype=torch.long) if self.return_tensors == "pt" else ids
+        return batch
+
+
+def _empty_batch():
+    from transformers import BatchFeature
+
+    return BatchFeature(data={})
+
+
+__all__ = ["MakeCollator", "hash_product_id"]

@@ -1,0 +1,285 @@
+"""Load your own (query, title, image, product id) training triples, and drop the rows that cannot be used.
+
+Sources: a JSONL / JSON / CSV / TSV / Parquet file, a folder of such files, a `datasets` dataset saved with
+`save_to_disk`, a `Dataset` / `DatasetDict` object, or a dataset name on the Hugging Face Hub. Column names are
+arguments. Image paths relative to a data file are resolved against the file's folder (or `image_root`).
+
+A JSONL file, one triple per line (`image` may also be omitted or null for a product without a picture):
+
+    {"query": "red sneakers", "title": "2024 new breathable running shoes red", "image": "images/123.jpg", "product_id": "123"}
+    {"query": "usb c charger", "title": "65w gan fast charger usb c", "image": "images/456.jpg", "product_id": "456"}
+
+Validation happens here, once, before training: every row's query, product id and image are checked (images are
+decoded with `make_hf.image_utils.load_image`). Rows with an empty query, a missing or corrupt image, neither
+title nor image, or no product id are dropped and recorded in a `SkippedRows` report, so that a bad row never
+crashes a run mid-epoch. `MakeCollator` re-checks each batch (a file can vanish after loading) and drops and
+records failures the same way. The returned rows carry their position in the source as `source_row`, so both
+reports name the original row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from ..image_utils import load_image
+from .skipped import SkippedRows
+
+logger = logging.getLogger(__name__)
+
+SOURCE_ROW_COLUMN = "source_row"
+_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
+
+
+def derive_product_id(title: str | None, image: Any) -> str:
+    """A product id for data without one: the same title and image reference give the same id."""
+    if isinstance(image, Mapping):
+        image = image.get("path") or image.get("bytes")
+    reference = image if isinstance(image, (bytes, bytearray)) else str(image if image is not None else "").encode()
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update((title or "").encode("utf-8"))
+    digest.update(b"\0")
+    digest.update(bytes(reference))
+    return "p" + digest.hexdigest()
+
+
+def _is_blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def check_row(
+    query: Any, title: Any, image: Any, product_id: Any, *, require_image: bool = False, needs_query: bool = True
+) -> tuple[str, str] | None:
+    """Why a training row cannot be used, as `(reason, detail)`, or None when it can.
+
+    `image` is a resolved path, bytes, a `datasets` image dict, a PIL image or None (no image). The image is fully
+    decoded, so a truncated file is caught here rather than in the middle of an epoch.
+    """
+    if needs_query and (not isinstance(query, str) or not query.strip()):
+        return "empty_query", "the query is empty"
+    if _is_blank(product_id):
+        return "missing_product_id", "the product id is empty"
+    has_image = not (_is_blank(image) or (isinstance(image, Mapping) and image.get("bytes") is None
+                                          and _is_blank(image.get("path"))))
+    if not has_image:
+        if require_image:
+            return "missing_image", "the row has no image and require_image=True"
+        if _is_blank(title):
+            return "no_title_or_image", "the product has neither a title nor an image"
+        return None
+    try:
+        load_image(image, "image")
+    except FileNotFoundError:
+        path = image.get("path") if isinstance(image, Mapping) else image
+        return "missing_image", f"no file at {path!r}"
+    except ValueError as error:  # corrupt data, and unsupported types (InvalidInputTypeError is a ValueError)
+        return "corrupt_image", str(error)
+    return None
+
+
+def _resolve(image: Any, root: Path | None) -> Any:
+    if isinstance(image, str) and image.strip() and root is not None:
+        path = Path(image).expanduser()
+        if not path.is_absolute() and not image.startswith(("http://", "https://")):
+            return str(root / path)
+    if isinstance(image, str) and not image.strip():
+        return None
+    return image
+
+
+def _read(source: str | os.PathLike, split: str | None) -> tuple[datasets.Dataset | datasets.DatasetDict, Path | None]:
+    """The raw dataset behind `source` and the folder that relative image paths start from."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        builder = _FILE_BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise ValueError(
+                f"{path}: unsupported file type {path.suffix!r}. Use JSONL, JSON, CSV, TSV or Parquet "
+                f"({', '.join(sorted(_FILE_BUILDERS))}), a folder saved with `save_to_disk`, or a Hub dataset name."
+            )
+        kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+        data = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+        return data, path.parent.resolve()
+    if path.is_dir():
+        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+            return datasets.load_from_disk(str(path)), path.resolve()
+        return datasets.load_dataset(str(path), split=split), path.resolve()
+    text = str(source)
+    if path.suffix.lower() in _FILE_BUILDERS or text.startswith((".", "/", "~")) or text.count("/") > 1:
+        raise FileNotFoundError(f"No file or folder at {text!r}; check the path.")
+    try:
+        return datasets.load_dataset(str(source), split=split), None
+    except Exception as error:
+        raise ValueError(
+            f"{str(source)!r} is not a file or folder here, and loading it as a Hub dataset failed ({error}). Pass "
+            "a JSONL/CSV/Parquet file, a folder saved with `save_to_disk`, or a reachable Hub dataset name."
+        ) from error
+
+
+def _standardise(
+    data: datasets.Dataset,
+    name: str,
+    root: Path | None,
+    columns: dict[str, str | None],
+    *,
+    validate: bool,
+    require_image: bool,
+    skipped: SkippedRows,
+    num_proc: int | None,
+) -> datasets.Dataset:
+    """Rename to the standard columns, cast text to strings, resolve image paths, and drop unusable rows."""
+    available = list(data.column_names)
+    query_column, title_column = columns["query"], columns["title"]
+    image_column, product_id_column = columns["image"], columns["product_id"]
+    if query_column not in available:
+        raise ValueError(
+            f"{name}: no query column {query_column!r} (columns: {available}). Pass `query_column=` with the name "
+            "of the column holding the search queries."
+        )
+    has_title = title_column is not None and title_column in available
+    has_image = image_column is not None and image_column in available
+    if not (has_title or has_image):
+        raise ValueError(
+            f"{name}: neither a title column {title_column!r} nor an image column {image_column!r} (columns: "
+            f"{available}). Pass `title_column=` and/or `image_column=`."
+        )
+    has_product_id = product_id_column is not None and product_id_column in available
+    renames = {source: target for source, target in ((query_column, "query"), (title_column, "title"),
+                                                       (image_column, "image"), (product_id_column, "product_id"))
+               if source is not None and source in available and source != target}
+    clashes = [target for target in renames.values() if target in available and target not in renames]
+    if clashes:
+        raise ValueError(
+            f"{name}: cannot rename to {clashes}: columns of that name already exist (columns: {available}). Point "
+            "the *_column arguments at them, or drop or rename them first."
+        )
+    data = data.rename_columns(renames)
+    for column in ("query", "title", "product_id"):
+        if column in data.column_names and data.features[column] != datasets.Value("string"):
+            data = data.cast_column(column, datasets.Value("string"))
+    image_is_feature = has_image and isinstance(data.features["image"], datasets.Image)
+    if image_is_feature:
+        # Decoding stays in the collator, where a failure drops a row instead of failing the DataLoader.
+        data = data.cast_column("image", datasets.Image(decode=False))
+
+    def prepare(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        size = len(indices)
+        titles = batch["title"] if has_title else [None] * size
+        images = [_resolve(image, root) for image in batch["image"]] if has_image else [None] * size
+        if has_product_id:
+            product_ids = batch["product_id"]
+        else:
+            product_ids = [derive_product_id(title, image) for title, image in zip(titles, images)]
+        reasons, details = [], []
+        for query, title, image, product_id in zip(batch["query"], titles, images, product_ids):
+            problem = (check_row(query, title, image, product_id, require_image=require_image)
+                       if validate else None)
+            reasons.append(problem[0] if problem else None)
+            details.append(problem[1] if problem else None)
+        out = {"product_id": product_ids, SOURCE_ROW_COLUMN: list(indices), "_skip_reason": reasons,
+               "_skip_detail": details}
+        if has_image and not image_is_feature:
+            out["image"] = images
+        return out
+
+    data = data.map(
+        prepare,
+        batched=True,
+        batch_size=256,
+        with_indices=True,
+        num_proc=num_proc,
+        load_from_cache_file=False,  # image files may have changed since the last run: always re-check
+        desc=f"Checking rows of {name}",
+    )
+    reasons = data.with_format("arrow")["_skip_reason"].to_pylist()
+    bad = [i for i, reason in enumerate(reasons) if reason is not None]
+    if bad:
+        details = data.with_format("arrow")["_skip_detail"].to_pylist()
+        for i in bad:
+            skipped.add(i, reasons[i], details[i], source=name)
+        keep = [i for i, reason in enumerate(reasons) if reason is None]
+        data = data.select(keep).flatten_indices()
+    return data.remove_columns(["_skip_reason", "_skip_detail"])
+
+
+def load_triples(
+    source: str | os.PathLike | datasets.Dataset | datasets.DatasetDict,
+    *,
+    split: str | None = None,
+    query_column: str = "query",
+    title_column: str | None = "title",
+    image_column: str | None = "image",
+    product_id_column: str | None = "product_id",
+    image_root: str | os.PathLike | None = None,
+    validate: bool = True,
+    require_image: bool = False,
+    skipped: SkippedRows | None = None,
+    num_proc: int | None = None,
+) -> datasets.Dataset | datasets.DatasetDict:
+    """Load training triples from a file, a folder, a saved or in-memory dataset, or the Hub, and drop bad rows.
+
+    Args:
+        source: a `.jsonl` / `.json` / `.csv` / `.tsv` / `.parquet` file; a folder saved with `save_to_disk`; a
+            folder of data files (read by `datasets.load_dataset`); a `Dataset` / `DatasetDict`; or a Hub name.
+        split: the split to return from a multi-split source. None: a single-split source gives a `Dataset`, a
+            multi-split one a `DatasetDict` in which every split holding training rows (a query column and a
+            title or image column) is checked; the other splits (e.g. evaluation products/queries) are untouched.
+        query_column, title_column, image_column, product_id_column: the source's column names; they are renamed
+            to `query`, `title`, `image`, `product_id`. Without a product id column, ids are derived from title
+            and image (`derive_product_id`). Title or image may be absent, not both.
+        image_root: folder that relative image paths start from; default: the data file's folder (or the saved
+            dataset's folder).
+        validate: check every row (and decode every image) now. With False, bad rows are still dropped by
+            `MakeCollator` during training.
+        require_image: treat a row without an image as a `missing_image` row instead of a title-only product.
+        skipped: a `SkippedRows` to record dropped rows in (pass the same one to `MakeCollator` to get a single
+            report at the end of a run). When None, the dropped rows are logged as a warning here.
+        num_proc: processes for the row check (large image sets).
+
+    Returns:
+        A `Dataset` (or `DatasetDict`, see `split`) with `query`, `title`, `image`, `product_id`, `source_row`
+        (the row's 0-based position in the source) and the source's other columns. `image` holds absolute paths,
+        bytes or `datasets` image dicts, decoded later by the processor.
+    """
+    columns = {"query": query_column, "title": title_column, "image": image_column, "product_id": product_id_column}
+    if isinstance(source, (datasets.Dataset, datasets.DatasetDict)):
+        data, root, name = source, Path(image_root) if image_root is not None else None, "dataset"
+    else:
+        data, root = _read(source, split)
+        name = os.path.basename(os.path.normpath(str(source))) or str(source)
+        if image_root is not None:
+            root = Path(image_root).expanduser().resolve()
+    if isinstance(data, datasets.DatasetDict) and split is not None:
+        if split not in data:
+            raise ValueError(f"{name}: no split {split!r}; available: {list(data)}.")
+        data = data[split]
+        name = f"{name}[{split}]"
+    report = SkippedRows()
+    options = dict(validate=validate, require_image=require_image, skipped=report, num_proc=num_proc)
+    if isinstance(data, datasets.DatasetDict):
+        if len(data) == 1:
+            (only,) = data.values()
+            result = _standardise(only, name, root, columns, **options)
+        else:
+            result = datasets.DatasetDict({
+                key: _standardise(value, f"{name}[{key}]", root, columns, **options)
+                if query_column in value.column_names and (title_column in value.column_names
+                                                           or image_column in value.column_names) else value
+                for key, value in data.items()
+            })
+    else:
+        result = _standardise(data, name, root, columns, **options)
+    if skipped is not None:
+        skipped.extend(report)
+    elif report:
+        logger.warning("%s", report.report())
+    return result
+
+
+__all__ = ["SOURCE_ROW_COLUMN", "check_row", "derive_product_id", "load_triples"]
