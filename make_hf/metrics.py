@@ -170,11 +170,13 @@ def ranks_from_scores(
     for i, items in enumerate(relevant_sets):
         index[i, : len(items)] = torch.tensor([int(item) for item in items], dtype=torch.int64)
         valid[i, : len(items)] = True
+    device = scores.device  # a GPU score matrix is ranked where it lives; only the (Q, width) ranks come back
+    index, valid = index.to(device), valid.to(device)
 
     per_query = num_items + width * (depth + width)
     chunk = max(1, min(num_queries, _CHUNK_ELEMENTS // per_query))
     ranks = torch.full((num_queries, width), math.inf, dtype=torch.float64)
-    before = torch.ones(width, width, dtype=torch.bool).triu(diagonal=1)  # before[i, j]: slot i precedes slot j
+    before = torch.ones(width, width, dtype=torch.bool, device=device).triu(diagonal=1)  # before[i, j]: slot i precedes slot j
     for start in range(0, num_queries, chunk):
         rows = slice(start, start + chunk)
         block, idx, ok = scores[rows], index[rows], valid[rows]
@@ -193,7 +195,7 @@ def ranks_from_scores(
         # Pessimistic: every non-relevant item with a score >= mine comes first, then relevant ones above me.
         rank = (count_ge - relevant_ge) + relevant_gt + relevant_tied_before + 1
         retrievable = ok & (rel >= threshold) & (rel > -math.inf) & (rank <= max_rank)
-        ranks[rows] = torch.where(retrievable, rank.double(), torch.full_like(rank, math.inf, dtype=torch.float64))
+        ranks[rows] = torch.where(retrievable, rank.double(), torch.full_like(rank, math.inf, dtype=torch.float64)).cpu()
     num_relevant = torch.tensor([len(items) for items in relevant_sets], dtype=torch.int64)
     return ranks, num_relevant
 
