@@ -38,6 +38,9 @@ def _where(argument: str, index: int | None) -> str:
 
 
 def _composite_on_white(image: PIL.Image.Image) -> PIL.Image.Image:
+    if image.mode == "La":  # PIL cannot convert premultiplied La directly
+        luminance, alpha = image.split()
+        image = PIL.Image.merge("RGBa", (luminance, luminance, luminance, alpha))
     rgba = image.convert("RGBA")
     background = PIL.Image.new("RGBA", rgba.size, WHITE + (255,))
     return PIL.Image.alpha_composite(background, rgba).convert("RGB")

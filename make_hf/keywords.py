@@ -83,6 +83,11 @@ FOR_TRIGGERS = frozenset({"for", "fits", "适用", "适用于", "适配", "兼�
 FOR_PHRASE_PREFIXES = frozenset({"compatible", "works", "replacement"})
 """First word of two-word triggers ("compatible with", "works with", "replacement for")."""
 
+MODEL_SUFFIXES = frozenset(
+    "pro max plus ultra mini lite air se fe neo note edge series gen generation prime slim 5g".split()
+)
+"""Words that continue a model name after its number ("iPhone 15 Pro Max", "Galaxy S23 Ultra")."""
+
 GENERIC_FOR_TARGETS = frozenset(
     """
     men man mens women woman womens ladies lady girls girl boys boy kids kid children child baby babies infant
@@ -175,8 +180,8 @@ class KeywordExtractor:
             installed). `fit` records what was used; a state fitted with jieba and loaded without it falls back to
             bigrams with a warning.
         drop_for_mentions (`bool`, defaults to True):
-            Drop the brand/model named after "for", "fits", "compatible with" (up to 3 words and any model
-            numbers, until punctuation) or "适用", "兼容" ... (the next word and model numbers), unless the word
+            Drop the brand/model named after "for", "fits", "compatible with" (up to 3 words, the model number
+            and "pro", "max"-like suffixes after it, until punctuation) or "适用", "兼容" ... (the next word and model numbers), unless the word
             is an audience, place or occasion ("shoes for men", "适用于厨房").
         extra_stop_words (`list[str]`, *optional*):
             More words that are never terms (lower-case), e.g. the shop's own name.
@@ -307,6 +312,7 @@ class KeywordExtractor:
             # Chinese titles run on without spaces: after "适用" only the next word is the other brand.
             max_words = 1 if _CJK_RUN_RE.fullmatch(token) else 3
             words = 0
+            seen_model_code = False
             j = i + 1
             while j < len(tokens) and not tokens[j][1]:
                 candidate = tokens[j][0]
@@ -320,7 +326,11 @@ class KeywordExtractor:
                     and _CJK_RUN_RE.fullmatch(candidate) is None
                     and (any(ch.isdigit() for ch in candidate) or len(candidate) < 2)
                 )
-                if not is_model_code:
+                if is_model_code:
+                    seen_model_code = True
+                elif seen_model_code and candidate not in MODEL_SUFFIXES:
+                    break  # after the model number only "pro", "max", "ultra" ... still name the model
+                else:
                     if words == max_words:
                         break
                     words += 1
@@ -479,6 +489,7 @@ __all__ = [
     "ENGLISH_FILLER_WORDS",
     "ENGLISH_STOP_WORDS",
     "KeywordExtractor",
+    "MODEL_SUFFIXES",
     "hash_term",
     "jieba_available",
 ]

@@ -3,8 +3,9 @@
 Training MAKE from scratch (no pretrained text towers) needs a vocabulary that fits the shop's queries and
 titles. This wraps the `tokenizers` WordPiece trainer with BERT's normaliser and pre-tokeniser: lower-casing,
 accent stripping, and every CJK character its own token (so Chinese works without a segmenter). The ASCII
-letters, digits and punctuation are always in the vocabulary, also as `##` continuations, so an English word
-never collapses to `[UNK]`.
+letters, digits and punctuation are always in the vocabulary (letters and digits also as `##` continuations), so
+an English word never collapses to `[UNK]`. Training is deterministic: the same corpus gives the same vocabulary
+in every run and process.
 
 The result is a `transformers.BertTokenizer` built from the vocabulary dict (not from a file path:
 `BertTokenizerFast(vocab_file=...)` silently ignores the file in transformers 5 and maps every word to `[UNK]`),
@@ -45,12 +46,12 @@ def train_tokenizer(
     """Train a BERT WordPiece tokenizer on `texts` and return it as a `transformers.BertTokenizer`.
 
     Args:
-        texts: the corpus (queries and titles); any iterable of strings, read once.
+        texts: the corpus (queries and titles); any iterable of strings (read into memory once).
         vocab_size: the largest vocabulary size, special tokens and alphabet included.
         min_frequency: a merge must occur at least this often to enter the vocabulary.
         lowercase: lower-case and strip accents, as uncased BERT does.
         model_max_length: the tokenizer's `model_max_length`.
-        alphabet: characters always in the vocabulary, as themselves and as `##` continuations.
+        alphabet: characters always in the vocabulary (letters and digits also as `##` continuations).
         limit_alphabet: keep at most this many distinct characters seen in the corpus (None: all). A Chinese
             corpus has thousands; lowering this trades rare characters for more subwords.
         show_progress: show the `tokenizers` progress bar.
@@ -63,44 +64,43 @@ def train_tokenizer(
             from which nothing but `[UNK]` could be learnt (e.g. empty).
     """
     alphabet = sorted(dict.fromkeys(alphabet))
-    # The trainer adds each alphabet character as a word start only; room is kept for the `##` forms added below.
-    reserved = len(BERT_SPECIAL_TOKENS) + 2 * len(alphabet)
-    if vocab_size <= reserved:
-        raise ValueError(
-            f"`vocab_size`={vocab_size} leaves no room to learn: the special tokens and the alphabet ({len(alphabet)} "
-            f"characters, twice with ## continuations) take {reserved}. Use a larger `vocab_size` or a smaller "
-            "`alphabet`."
-        )
+    corpus = list(_strings(texts))
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
     tokenizer.normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=None if lowercase else False, lowercase=lowercase
     )
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+
+    # The trainer numbers the "##c" continuation symbols in hash-map order, which changes from run to run, and
+    # breaks ties between equally frequent merges by those numbers, so the learnt vocabulary would differ between
+    # runs (and between the processes of a distributed job). Declaring every continuation symbol up front, in
+    # sorted order, fixes their numbers and makes training deterministic; it also puts the alphabet's letters and
+    # digits in the vocabulary as continuations. CJK characters and punctuation are words of their own.
+    continuation_characters = {character for character in alphabet if character.isalnum()}
+    for text in corpus:
+        for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(tokenizer.normalizer.normalize_str(text)):
+            continuation_characters.update(word[1:])
+    continuations = ["##" + character for character in sorted(continuation_characters)]
+    reserved = len(BERT_SPECIAL_TOKENS) + len(continuations) + len(alphabet)
+    if vocab_size <= reserved:
+        raise ValueError(
+            f"`vocab_size`={vocab_size} leaves no room to learn: the special tokens, the alphabet and the corpus's "
+            f"characters (also as ## continuations) take {reserved}. Use a `vocab_size` well above that, or a "
+            "smaller `alphabet`."
+        )
     trainer_options = {"limit_alphabet": limit_alphabet} if limit_alphabet is not None else {}
     trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size - len(alphabet),
+        vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=list(BERT_SPECIAL_TOKENS),
+        special_tokens=list(BERT_SPECIAL_TOKENS) + continuations,
         initial_alphabet=alphabet,
         continuing_subword_prefix="##",
         show_progress=show_progress,
         **trainer_options,
     )
-    sample: list[str] = []
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
 
-    def corpus() -> Iterator[str]:
-        for text in _strings(texts):
-            if len(sample) < 64 and text.strip():
-                sample.append(text)
-            yield text
-
-    tokenizer.train_from_iterator(corpus(), trainer=trainer)
-
-    vocab = dict(tokenizer.get_vocab())
-    for character in alphabet:
-        for token in (character, "##" + character):
-            if token not in vocab:
-                vocab[token] = len(vocab)
+    vocab = tokenizer.get_vocab()
     for expected_id, token in enumerate(BERT_SPECIAL_TOKENS):
         if vocab.get(token) != expected_id:
             raise RuntimeError(f"The trained vocabulary put {token} at {vocab.get(token)}, expected {expected_id}.")
@@ -114,6 +114,7 @@ def train_tokenizer(
     )
     unk_id = bert.unk_token_id
     special_ids = set(bert.all_special_ids)
+    sample = [text for text in corpus[:256] if text.strip()][:64]
     learnt = [
         token_id
         for text in sample
