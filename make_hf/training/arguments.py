@@ -1,0 +1,85 @@
+"""Every knob of MAKE pre-training, with its default, in one visible place."""
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class PretrainArguments:
+    """Arguments of `examples/pretrain.py` (parsed with `transformers.HfArgumentParser`)."""
+
+    # Model
+    model: str = field(
+        default="make-small",
+        metadata={"help": "A preset name (make-tiny, make-small, make-base, clip, make-no-ma, make-no-ke, "
+                  "make-shared-encoder, make-fn-mask), a MakeConfig JSON file, or a saved model folder / hub id."},
+    )
+    init_from_towers: list[str] | None = field(
+        default=None,
+        metadata={"help": "Initialise the towers from encoder checkpoints: TEXT [VISION]. TEXT (a hub id or folder, "
+                  "e.g. a sentence-transformers MiniLM) initialises the query and title towers and gives the "
+                  "tokenizer; VISION, if given, initialises the image tower. The other sizes come from --model."},
+    )
+    vocab_size: int = field(
+        default=8000, metadata={"help": "WordPiece vocabulary trained on the corpus when training from scratch."}
+    )
+    config_overrides: str | None = field(
+        default=None, metadata={"help": "Comma-separated MakeConfig overrides, e.g. 'fusion=mean,projection_dim=128'."}
+    )
+
+    # Data
+    dataset: str = field(
+        default="synthetic",
+        metadata={"help": "'synthetic' (built-in shop), 'emoji-en' / 'emoji-zh' (Emoji-CLDR-3D), a JSONL/CSV/Parquet "
+                  "file of (query, title, image, product_id) rows, a folder saved with datasets, or a hub dataset."},
+    )
+    emoji_data_dir: str | None = field(
+        default=None, metadata={"help": "Folder with the Emoji-CLDR-3D npm tarballs (fetched with npm when absent)."}
+    )
+    synthetic_products: int = field(default=1600, metadata={"help": "Products in the synthetic shop."})
+    synthetic_seed: int = field(default=0, metadata={"help": "Seed of the synthetic shop (fixed across runs)."})
+    query_column: str = field(default="query", metadata={"help": "Column holding the shopper query."})
+    title_column: str = field(default="title", metadata={"help": "Column holding the product title."})
+    image_column: str = field(default="image", metadata={"help": "Column holding the image (path, bytes or PIL)."})
+    product_id_column: str = field(default="product_id", metadata={"help": "Column holding the product id."})
+    validation_fraction: float = field(
+        default=0.1, metadata={"help": "Share of products held out for validation/test when a file has no splits."}
+    )
+    max_eval_queries: int | None = field(
+        default=None, metadata={"help": "Evaluate on at most this many queries during training (all at the end)."}
+    )
+
+    # Optimisation
+    output_dir: str = field(default="outputs/make-small-synthetic", metadata={"help": "Where everything is written."})
+    seed: int = field(default=42, metadata={"help": "Seed for initialisation, data order and dropout."})
+    per_device_train_batch_size: int = field(default=64, metadata={"help": "Rows per process per micro-batch."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimiser step."})
+    learning_rate: float = field(default=5e-4, metadata={"help": "Peak AdamW learning rate."})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (matrices only)."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 disables)."})
+    num_train_epochs: int = field(default=30, metadata={"help": "Epochs, unless --max_train_steps is set."})
+    max_train_steps: int | None = field(default=600, metadata={"help": "Optimiser steps; overrides the epochs."})
+    warmup_steps: int = field(default=50, metadata={"help": "Linear warm-up steps before the cosine decay."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Any transformers scheduler name."})
+    mixed_precision: str | None = field(
+        default=None, metadata={"help": "'no', 'fp16' or 'bf16'; default: what `accelerate launch` was given."}
+    )
+    activation_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
+
+    # Evaluation, checkpoints, logging
+    eval_steps: int = field(default=200, metadata={"help": "Evaluate on the validation split every N steps."})
+    eval_batch_size: int = field(default=256, metadata={"help": "Batch size for encoding during evaluation."})
+    checkpointing_steps: int | None = field(default=None, metadata={"help": "Save the training state every N steps."})
+    checkpoints_total_limit: int | None = field(default=2, metadata={"help": "Keep only the newest K checkpoints."})
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "A checkpoint-<step> folder, or 'latest' in <output_dir>/checkpoints."}
+    )
+    logging_steps: int = field(default=10, metadata={"help": "Log the loss terms every N steps."})
+    report_to: str = field(
+        default="all", metadata={"help": "Trackers for accelerate ('all' = every installed one, 'none' = off)."}
+    )
+    push_to_hub: bool = field(default=False, metadata={"help": "Push model, processor and card when done."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "Repository id for --push_to_hub."})
+    hub_private: bool = field(default=False, metadata={"help": "Create the hub repository as private."})
+
+
+__all__ = ["PretrainArguments"]

@@ -1,0 +1,92 @@
+"""Build the model and processor that `--model` / `--init_from_towers` describe."""
+
+import json
+import os
+
+from transformers import AutoTokenizer
+
+from .arguments import PretrainArguments
+
+
+def build_model_and_processor(args: PretrainArguments, data, accelerator, resume_path: str | None = None):
+    """Return `(model, processor)`.
+
+    - a saved MAKE folder or hub id: both are loaded from it;
+    - a preset name or a config JSON, with `--init_from_towers TEXT [VISION]`: towers from those checkpoints, the
+      tokenizer from TEXT;
+    - a preset name or a config JSON alone: random towers and a WordPiece vocabulary trained on the training
+      queries and titles (so nothing is downloaded).
+    The keyword extractor is fitted on the training titles and queries. The main process builds the processor
+    and the others load its saved copy, so every process tokenizes identically. When resuming, the processor
+    saved with the checkpoint is used.
+    """
+    from .. import MakeConfig, MakeModel, MakeProcessor
+
+    if _is_saved_model(args.model):
+        return MakeModel.from_pretrained(args.model), MakeProcessor.from_pretrained(args.model)
+
+    config = _config(args, MakeConfig)
+    processor_dir = os.path.join(args.output_dir, "checkpoints", "processor")
+    if resume_path is not None and os.path.isdir(os.path.join(resume_path, "processor")):
+        processor = MakeProcessor.from_pretrained(os.path.join(resume_path, "processor"))
+    else:
+        with accelerator.main_process_first():
+            if accelerator.is_main_process:
+                processor = _new_processor(args, config, data, MakeProcessor)
+                processor.save_pretrained(processor_dir)
+            else:
+                processor = MakeProcessor.from_pretrained(processor_dir)
+
+    if args.init_from_towers:
+        text, vision = (list(args.init_from_towers) + [None])[:2]
+        model = MakeModel.from_towers(query=text, title=text, vision=vision, config=config)
+    else:
+        config.query_config.vocab_size = len(processor.tokenizer)
+        config.title_config.vocab_size = len(processor.tokenizer)
+        model = MakeModel(config)
+    return model, processor
+
+
+def _is_saved_model(name: str) -> bool:
+    if os.path.isdir(name):
+        if not os.path.isfile(os.path.join(name, "config.json")):
+            raise FileNotFoundError(f"--model {name!r} is a folder without config.json; pass a saved MAKE model.")
+        return True
+    return "/" in name and not name.endswith(".json") and not os.path.exists(name)
+
+
+def _config(args: PretrainArguments, config_class):
+    if args.model.endswith(".json"):
+        if not os.path.isfile(args.model):
+            raise FileNotFoundError(f"--model {args.model!r}: no such config file.")
+        with open(args.model, encoding="utf-8") as f:
+            config = config_class(**json.load(f))
+    else:
+        config = config_class.from_preset(args.model)
+    for assignment in filter(None, (args.config_overrides or "").split(",")):
+        key, _, value = assignment.partition("=")
+        if not hasattr(config, key.strip()):
+            raise ValueError(f"--config_overrides: MakeConfig has no field {key.strip()!r}.")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value.strip()
+        setattr(config, key.strip(), parsed)
+    if hasattr(config, "validate_make"):
+        config.validate_make()
+    return config
+
+
+def _new_processor(args: PretrainArguments, config, data, processor_class):
+    from ..tokenization import train_tokenizer
+
+    titles, queries = data.train["title"], data.train["query"]
+    if args.init_from_towers:
+        tokenizer = AutoTokenizer.from_pretrained(args.init_from_towers[0])
+    else:
+        tokenizer = train_tokenizer(list(queries) + list(titles), vocab_size=args.vocab_size)
+    processor = processor_class.from_config(config, tokenizer)
+    return processor.fit_keywords(titles, queries)
+
+
+__all__ = ["build_model_and_processor"]

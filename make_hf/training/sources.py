@@ -1,0 +1,113 @@
+"""Where pre-training data comes from: the synthetic shop, Emoji-CLDR-3D, or the user's own triples."""
+
+import os
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+
+import datasets
+
+from .arguments import PretrainArguments
+
+EVALUATION_SPLITS = ("validation_products", "validation_queries", "test_products", "test_queries")
+
+
+@dataclass
+class PretrainingData:
+    """Training rows plus a validation and a test retrieval set (products and queries with relevant ids)."""
+
+    name: str
+    train: datasets.Dataset
+    validation_products: datasets.Dataset
+    validation_queries: datasets.Dataset
+    test_products: datasets.Dataset
+    test_queries: datasets.Dataset
+    skipped: "SkippedRows | None" = None  # rows dropped while loading, before training
+
+    @classmethod
+    def from_dataset_dict(cls, name: str, splits: datasets.DatasetDict, **extra) -> "PretrainingData":
+        missing = [split for split in ("train",) + EVALUATION_SPLITS if split not in splits]
+        if missing:
+            raise ValueError(
+                f"Dataset {name!r} lacks the split(s) {missing}; a pre-training dataset needs 'train' rows and "
+                f"{list(EVALUATION_SPLITS)} (products and queries with relevant_ids)."
+            )
+        return cls(name=name, **{split: splits[split] for split in ("train",) + EVALUATION_SPLITS}, **extra)
+
+
+def load_pretraining_data(args: PretrainArguments) -> PretrainingData:
+    """Dispatch `--dataset` to its loader."""
+    if args.dataset == "synthetic":
+        from ..data import make_synthetic_shop
+
+        shop = make_synthetic_shop(num_products=args.synthetic_products, seed=args.synthetic_seed)
+        return PretrainingData.from_dataset_dict("synthetic-shop", shop)
+    if args.dataset in ("emoji-en", "emoji-zh"):
+        from ..data import build_emoji_cldr_3d
+
+        language = args.dataset.split("-")[1]
+        return PretrainingData.from_dataset_dict(
+            f"emoji-cldr-3d-{language}", build_emoji_cldr_3d(args.emoji_data_dir, languages=language)
+        )
+    return _user_data(args)
+
+
+def _user_data(args: PretrainArguments) -> PretrainingData:
+    """The user's triples; products are held out for validation and test unless the data has those splits."""
+    from ..data import SkippedRows, load_triples
+
+    skipped = SkippedRows()
+    loaded = load_triples(
+        args.dataset,
+        query_column=args.query_column,
+        title_column=args.title_column,
+        image_column=args.image_column,
+        product_id_column=args.product_id_column,
+        skipped=skipped,
+    )
+    name = os.path.basename(os.path.normpath(args.dataset))
+    if isinstance(loaded, datasets.DatasetDict) and all(split in loaded for split in EVALUATION_SPLITS):
+        return PretrainingData.from_dataset_dict(name, loaded, skipped=skipped)
+    rows = loaded["train"] if isinstance(loaded, datasets.DatasetDict) else loaded
+    data = split_by_product(name, rows, args.validation_fraction, seed=args.seed)
+    data.skipped = skipped
+    return data
+
+
+def split_by_product(name: str, rows: datasets.Dataset, fraction: float, seed: int) -> PretrainingData:
+    """Hold out `fraction` of the products for validation and as much again for test.
+
+    Splitting by product, never by row, keeps a product's other queries from leaking into training. Each
+    held-out query string becomes one evaluation query whose relevant ids are every held-out product of that
+    split it was issued for.
+    """
+    if not 0 < fraction < 0.5:
+        raise ValueError(f"--validation_fraction must be in (0, 0.5), got {fraction}.")
+    product_ids = sorted(set(rows["product_id"]))
+    if len(product_ids) < 3:
+        raise ValueError(f"{name}: {len(product_ids)} distinct product ids; need at least 3 to hold some out.")
+    random.Random(seed).shuffle(product_ids)
+    held_out = max(1, int(len(product_ids) * fraction))
+    split_of = {pid: "validation" for pid in product_ids[:held_out]}
+    split_of.update({pid: "test" for pid in product_ids[held_out : 2 * held_out]})
+
+    indices = defaultdict(list)
+    for index, pid in enumerate(rows["product_id"]):
+        indices[split_of.get(pid, "train")].append(index)
+    splits = {"train": rows.select(indices["train"])}
+    for split in ("validation", "test"):
+        held = rows.select(indices[split])
+        products, relevant = {}, defaultdict(list)
+        for row in held:
+            products.setdefault(row["product_id"], {"product_id": row["product_id"], "title": row["title"],
+                                                    "image": row["image"]})
+            if row["product_id"] not in relevant[row["query"]]:
+                relevant[row["query"]].append(row["product_id"])
+        splits[f"{split}_products"] = datasets.Dataset.from_list(list(products.values()))
+        splits[f"{split}_queries"] = datasets.Dataset.from_list(
+            [{"query": query, "relevant_ids": ids} for query, ids in relevant.items()]
+        )
+    return PretrainingData(name=name, **splits)
+
+
+__all__ = ["PretrainingData", "load_pretraining_data", "split_by_product"]

@@ -1,0 +1,290 @@
+"""The MAKE pre-training loop on Accelerate: one function, `pretrain(args)`, used by `examples/pretrain.py`.
+
+The loop follows the transformers `*_no_trainer.py` examples: `accelerator.prepare`, `accelerator.accumulate`,
+`save_state` / `load_state` for exact resumption, and a final `save_pretrained` by the main process after
+`wait_for_everyone()`. It is kept apart from the model so that `make_hf` imports without the training stack.
+"""
+
+import json
+import math
+import os
+import time
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from .arguments import PretrainArguments
+from .atomic import staged_directory, write_json, write_text
+from .checkpoints import prune_checkpoints, resolve_resume_path
+from .optimization import create_optimizer
+from .plots import plot_losses, plot_recall
+from .setup import build_model_and_processor
+from .sources import load_pretraining_data
+
+logger = get_logger(__name__)
+
+LOSS_TERMS = (
+    "loss",
+    "query_product_loss",
+    "title_image_loss",
+    "query_title_loss",
+    "query_image_loss",
+    "keyword_title_loss",
+    "query_keyword_loss",
+)
+
+
+def pretrain(args: PretrainArguments) -> dict:
+    """Train MAKE as `args` says; return the final evaluation (also written to `args.output_dir`)."""
+    from ..data import MakeCollator, SkippedRows
+    from ..evaluation import evaluate_retrieval, format_results
+
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_dir=args.output_dir,
+        # A sampler seeded per epoch makes the data order reproducible, which exact resumption needs.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+    )
+    if args.push_to_hub and not args.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id (e.g. my-org/make-small).")
+    set_seed(args.seed)
+    os.makedirs(args.output_dir, exist_ok=True)
+    checkpoint_dir = os.path.join(args.output_dir, "checkpoints")
+
+    resume_path = None
+    if args.resume_from_checkpoint:
+        resume_path = resolve_resume_path(args.resume_from_checkpoint, checkpoint_dir)
+
+    data = load_pretraining_data(args)
+    model, processor = build_model_and_processor(args, data, accelerator, resume_path)
+    if args.activation_checkpointing:
+        model.activation_checkpointing_enable()
+
+    collator = MakeCollator(processor)
+    train_dataloader = DataLoader(
+        data.train,
+        batch_size=args.per_device_train_batch_size,
+        shuffle=True,
+        drop_last=True,  # equal batches on every process; a contrastive batch of 3 is mostly noise anyway
+        collate_fn=collator,
+    )
+    if len(train_dataloader) == 0:
+        raise ValueError(
+            f"The training set has {len(data.train)} rows, fewer than one batch of "
+            f"--per_device_train_batch_size {args.per_device_train_batch_size} per process. Lower the batch size."
+        )
+    optimizer = create_optimizer(model, args.learning_rate, args.weight_decay)
+
+    steps_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
+    max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    num_epochs = math.ceil(max_train_steps / steps_per_epoch)
+    scheduler = get_scheduler(
+        args.lr_scheduler_type,
+        optimizer=optimizer,
+        num_warmup_steps=args.warmup_steps * accelerator.num_processes,
+        num_training_steps=max_train_steps * accelerator.num_processes,
+    )
+    model, optimizer, train_dataloader, scheduler = accelerator.prepare(model, optimizer, train_dataloader, scheduler)
+
+    if args.report_to != "none":
+        accelerator.init_trackers("make_pretraining", config=_tracker_config(args))
+
+    completed_steps, history, evaluations = 0, [], []
+    if resume_path is not None:
+        accelerator.load_state(resume_path)
+        with open(os.path.join(resume_path, "trainer_state.json"), encoding="utf-8") as f:
+            state = json.load(f)
+        completed_steps, history, evaluations = state["step"], state["history"], state["evaluations"]
+        logger.info(f"Resumed from {resume_path} at step {completed_steps}.", main_process_only=True)
+
+    micro_batches_done = completed_steps * args.gradient_accumulation_steps
+    starting_epoch, skip_batches = divmod(micro_batches_done, len(train_dataloader))
+    progress = tqdm(
+        total=max_train_steps, initial=completed_steps, desc="pre-training", disable=not accelerator.is_main_process
+    )
+    logger.info(
+        f"{len(data.train)} training rows, {accelerator.num_processes} process(es) x batch "
+        f"{args.per_device_train_batch_size} x accumulation {args.gradient_accumulation_steps}, "
+        f"{max_train_steps} steps",
+        main_process_only=True,
+    )
+    started = time.perf_counter()
+    model.train()
+    for epoch in range(starting_epoch, num_epochs):
+        train_dataloader.set_epoch(epoch)
+        batches = train_dataloader
+        if epoch == starting_epoch and skip_batches:
+            batches = accelerator.skip_first_batches(train_dataloader, skip_batches)
+        for batch in batches:
+            if len(batch) == 0:  # every row of the batch was unreadable (already counted in the report)
+                continue
+            with accelerator.accumulate(model):
+                outputs = model(**batch, return_loss=True)
+                accelerator.backward(outputs.loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            completed_steps += 1
+            progress.update(1)
+
+            if completed_steps % args.logging_steps == 0 or completed_steps == max_train_steps:
+                row = _loss_row(accelerator, model, outputs, completed_steps, scheduler.get_last_lr()[0])
+                history.append(row)
+                progress.set_postfix(loss=f"{row['loss']:.3f}")
+                accelerator.log(row, step=completed_steps)
+
+            if args.eval_steps and completed_steps % args.eval_steps == 0 and completed_steps < max_train_steps:
+                evaluations.append(
+                    _validate(accelerator, model, processor, data, args, completed_steps, evaluate_retrieval)
+                )
+                model.train()
+
+            if args.checkpointing_steps and completed_steps % args.checkpointing_steps == 0:
+                _save_checkpoint(accelerator, processor, checkpoint_dir, completed_steps, history, evaluations, args)
+
+            if completed_steps >= max_train_steps:
+                break
+        if completed_steps >= max_train_steps:
+            break
+    progress.close()
+    train_seconds = time.perf_counter() - started
+
+    # Rows dropped while loading are the same on every process; rows dropped by the collator are not.
+    skipped = collator.skipped_rows.gather(accelerator)
+    if data.skipped is not None:
+        skipped = SkippedRows(list(data.skipped)).extend(skipped)
+    accelerator.wait_for_everyone()
+    results = {}
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.eval()
+        results = _final_evaluation(unwrapped, processor, data, args, evaluate_retrieval)
+        results["train_seconds"] = round(train_seconds, 1)
+        results["steps"] = completed_steps
+        results["skipped_rows"] = skipped.summary()
+        skipped.log()
+        _write_outputs(unwrapped, processor, data, args, results, history, evaluations, format_results)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return results
+
+
+def _tracker_config(args: PretrainArguments) -> dict:
+    """Trackers accept scalars only; lists and None become strings."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()}
+
+
+def _loss_row(accelerator, model, outputs, step: int, learning_rate: float) -> dict:
+    """Every loss term of this step, averaged over processes, plus the temperature and learning rate."""
+    row = {"step": step, "lr": learning_rate}
+    for term in LOSS_TERMS:
+        value = getattr(outputs, term, None)
+        if value is not None:
+            row[term] = accelerator.reduce(value.detach().float(), reduction="mean").item()
+    row["logit_scale"] = accelerator.unwrap_model(model).logit_scale.detach().exp().item()
+    if getattr(outputs, "masked_negatives", None) is not None:
+        row["masked_negatives"] = float(outputs.masked_negatives)
+    return row
+
+
+def _validate(accelerator, model, processor, data, args, step, evaluate_retrieval) -> dict:
+    """Recall@K on the validation split (title + image) and the mean image weight per category."""
+    summary = {"step": step}
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.eval()
+        result = evaluate_retrieval(
+            unwrapped,
+            processor,
+            data.validation_products,
+            data.validation_queries,
+            conditions=("title+image",),
+            batch_size=args.eval_batch_size,
+            max_queries=args.max_eval_queries,
+            show_progress=False,
+        )
+        overall = result["title+image"]["overall"]
+        summary.update({k: v for k, v in overall.items() if k.startswith(("recall@", "mrr@", "ndcg@"))})
+        summary["image_weight_by_category"] = result.get("image_weight_by_category", {})
+        accelerator.log({f"validation/{k}": v for k, v in summary.items() if isinstance(v, float)}, step=step)
+        logger.info(
+            f"step {step}: validation recall@10 {summary.get('recall@10', float('nan')):.3f}", main_process_only=True
+        )
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def _save_checkpoint(accelerator, processor, checkpoint_dir, step, history, evaluations, args) -> None:
+    path = os.path.join(checkpoint_dir, f"checkpoint-{step}")
+    accelerator.save_state(path)
+    if accelerator.is_main_process:
+        processor.save_pretrained(os.path.join(path, "processor"))
+        # Written last: a folder without it is an interrupted save and is never resumed from.
+        write_json(
+            os.path.join(path, "trainer_state.json"),
+            {"step": step, "history": history, "evaluations": evaluations, "args": _tracker_config(args)},
+        )
+        prune_checkpoints(checkpoint_dir, args.checkpoints_total_limit)
+    accelerator.wait_for_everyone()
+
+
+def _final_evaluation(model, processor, data, args, evaluate_retrieval) -> dict:
+    """The test split under the three conditions, with buckets, category groups and modal weights."""
+    return evaluate_retrieval(
+        model,
+        processor,
+        data.test_products,
+        data.test_queries,
+        conditions=("title+image", "title", "image"),
+        batch_size=args.eval_batch_size,
+        show_progress=True,
+    )
+
+
+def _write_outputs(model, processor, data, args, results, history, evaluations, format_results) -> None:
+    """Model, processor, card, evaluation table and plots, each written atomically into `output_dir`."""
+    from ..modelcard import generate_model_card
+
+    preset = None if args.model.endswith(".json") or os.path.isdir(args.model) else args.model
+    card = generate_model_card(
+        model.config,
+        results,
+        model_id=args.hub_model_id,
+        preset=preset,
+        dataset_name=data.name,
+        training_args=_tracker_config(args),
+        num_parameters=model.num_parameters(),
+    )
+    with staged_directory(args.output_dir) as staging:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        card.save(os.path.join(staging, "README.md"))
+    write_json(os.path.join(args.output_dir, "eval_results.json"), results)
+    table = f"## {args.model} on {data.name} (test split)\n\n" + format_results(results)
+    write_text(os.path.join(args.output_dir, "eval_results.md"), table + "\n")
+    write_json(os.path.join(args.output_dir, "training_history.json"), {"losses": history, "validation": evaluations})
+    plot_losses(history, os.path.join(args.output_dir, "loss_curves.png"))
+    final = {"step": results.get("steps", 0), **results["title+image"]["overall"]}
+    plot_recall(evaluations + [final], os.path.join(args.output_dir, "recall_at_k.png"))
+    print(table)
+    if args.push_to_hub:
+        from ..hub import push_to_hub
+
+        url = push_to_hub(
+            args.output_dir, args.hub_model_id, private=args.hub_private, ignore_patterns=["checkpoints/**"]
+        )
+        print(f"Pushed to {url}")
+
+
+__all__ = ["pretrain", "LOSS_TERMS"]
