@@ -138,8 +138,9 @@ def fuse_title_and_image(
         zero embedding and weights `[0, 0]`.
     """
     available = torch.stack([has_title, has_image], dim=-1)
-    logits = preference_logits.masked_fill(~available, masked_logit_fill_value(preference_logits.dtype))
-    weights = logits.softmax(dim=-1) * available.any(dim=-1, keepdim=True)
+    # Masking, not a zero vector: a product with one modality puts all its weight on it, whatever the preference.
+    both = (has_title & has_image)[:, None]
+    weights = torch.where(both, preference_logits.softmax(dim=-1), available.to(preference_logits.dtype))
     mixed = F.normalize(weights[:, :1] * title_embeds + weights[:, 1:] * image_embeds, dim=-1)
     # Selecting (rather than scaling by an exact 0 or 1) keeps one-modality products bit-identical to that
     # modality's embedding and keeps garbage from a missing modality out of the product, even if it is not finite.
