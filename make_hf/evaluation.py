@@ -25,7 +25,10 @@ and pass `encoded_products=` when only the query side changes.
 
 from __future__ import annotations
 
+import csv
+import json
 import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -517,6 +520,144 @@ def evaluate_retrieval(
     return results
 
 
+_ROW_FILE_TYPES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+
+
+def _parse_id_list(value: Any, where: str) -> list:
+    # CSV/TSV cells hold a JSON list (`["a", "b"]`) or ids separated by `|` (`a|b`).
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{where}: relevant_ids {text!r} is not a valid JSON list ({error}).") from None
+        else:
+            value = [part.strip() for part in text.split("|") if part.strip()]
+    return list(value) if value is not None else []
+
+
+def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read a products or queries file into row dicts: JSONL, JSON (a list of objects), CSV, TSV or Parquet.
+
+    Relative image paths are resolved against the file's folder; empty `title` / `image` cells become None; a
+    `relevant_ids` cell in CSV/TSV holds a JSON list or ids separated by `|`.
+    """
+    path = os.fspath(path)
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in _ROW_FILE_TYPES:
+        raise ValueError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(_ROW_FILE_TYPES)}.")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No file at {path!r}; check the path.")
+    if suffix == ".parquet":
+        import pyarrow.parquet
+
+        rows = pyarrow.parquet.read_table(path).to_pylist()
+    elif suffix in (".csv", ".tsv"):
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+    else:
+        with open(path, encoding="utf-8") as f:
+            if suffix == ".json":
+                rows = json.load(f)
+                if not isinstance(rows, list):
+                    raise ValueError(f"{path}: a .json file must hold a list of row objects; use .jsonl for one per line.")
+            else:
+                rows = []
+                for line_number, line in enumerate(f, start=1):
+                    if line.strip():
+                        try:
+                            rows.append(json.loads(line))
+                        except json.JSONDecodeError as error:
+                            raise ValueError(f"{path}, line {line_number}: not valid JSON ({error}).") from None
+    folder = os.path.dirname(os.path.abspath(path))
+    for number, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: row {number} is {type(row).__name__}, expected an object with named columns.")
+        for column in ("title", "image", "category", "category_group", "bucket"):
+            if row.get(column) == "":
+                row[column] = None
+        image = row.get("image")
+        if isinstance(image, str) and not os.path.isabs(image):
+            row["image"] = os.path.join(folder, image)
+        if "relevant_ids" in row:
+            row["relevant_ids"] = _parse_id_list(row["relevant_ids"], f"{path}, row {number}")
+        if "product_id" in row and isinstance(row["product_id"], int):
+            row["product_id"] = str(row["product_id"])
+    return rows
+
+
+def load_evaluation_set(
+    source: str | os.PathLike | None = None,
+    *,
+    split: str = "test",
+    products: str | os.PathLike | None = None,
+    queries: str | os.PathLike | None = None,
+    num_products: int = 1600,
+    seed: int = 0,
+    language: str | None = None,
+    emoji_source: str | os.PathLike | None = None,
+) -> tuple[Any, Any]:
+    """The `(products, queries)` of an evaluation set, ready for `evaluate_retrieval`.
+
+    Args:
+        source: `"synthetic"` (the embedded synthetic shop, `num_products` and `seed`), `"emoji"`
+            (Emoji-CLDR-3D, built from the npm tarballs in `emoji_source`, fetched with npm when None), or a
+            folder written by `DatasetDict.save_to_disk` with `<split>_products` and `<split>_queries`. Leave None
+            and give `products` and `queries` files instead (see `read_rows`).
+        split: `"test"` or `"validation"` (the datasets' split prefixes).
+        language: keep only rows whose `language` column equals this (Emoji-CLDR-3D: one language at a time;
+            product ids repeat across languages). Default for `"emoji"`: `"en"`.
+    """
+    if source is None:
+        if products is None or queries is None:
+            raise ValueError("Give an evaluation `source` (synthetic, emoji or a saved folder), or both `products` and `queries` files.")
+        product_rows, query_rows = read_rows(products), read_rows(queries)
+    else:
+        if products is not None or queries is not None:
+            raise ValueError("Give either `source` or `products` + `queries`, not both.")
+        source = os.fspath(source)
+        if source == "synthetic":
+            from .data import make_synthetic_shop
+
+            data = make_synthetic_shop(num_products, seed=seed)
+        elif source == "emoji":
+            from .data import build_emoji_cldr_3d
+
+            language = language or "en"
+            data = build_emoji_cldr_3d(emoji_source, languages=language, seed=seed, verbose=False)
+        elif os.path.isdir(source):
+            import datasets
+
+            data = datasets.load_from_disk(source)
+        else:
+            raise FileNotFoundError(
+                f"Evaluation source {source!r} is neither 'synthetic', 'emoji' nor a folder saved with save_to_disk; "
+                "for files use `products=` and `queries=`."
+            )
+        keys = (f"{split}_products", f"{split}_queries")
+        missing = [key for key in keys if key not in data]
+        if missing:
+            raise ValueError(f"{source}: no {', '.join(missing)} (available: {list(data)}); check `split`.")
+        product_rows, query_rows = data[keys[0]], data[keys[1]]
+    if language is not None:
+        product_rows, query_rows = (_filter_language(rows, language, name)
+                                    for rows, name in ((product_rows, "products"), (query_rows, "queries")))
+    return product_rows, query_rows
+
+
+def _filter_language(rows: Any, language: str, name: str) -> Any:
+    table = _Table(rows, name)
+    if not table.has("language"):
+        return rows
+    keep = [i for i, value in enumerate(table.column("language")) if value == language]
+    if not keep:
+        raise ValueError(f"`{name}` has no row with language {language!r}.")
+    if hasattr(rows, "select"):
+        return rows.select(keep)
+    return [rows[i] for i in keep] if not isinstance(rows, Mapping) else {k: [v[i] for i in keep] for k, v in rows.items()}
+
+
 def flatten_results(results: Mapping[str, Any], separator: str = "/") -> dict[str, float]:
     """Numeric leaves of an `evaluate_retrieval` result as flat keys (`"title+image/overall/recall@10"`), for
     trackers that log scalars."""
@@ -583,4 +724,6 @@ __all__ = [
     "exact_search",
     "flatten_results",
     "format_results",
+    "load_evaluation_set",
+    "read_rows",
 ]

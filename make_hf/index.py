@@ -400,7 +400,14 @@ def load_embeddings(path: str | os.PathLike) -> ProductEmbeddings:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No embeddings file at {path!r}; write one with `make-hf encode`.")
-    with safe_open(path, framework="pt") as f:
+    try:
+        handle = safe_open(path, framework="pt")
+    except Exception as error:  # safetensors raises its own error type on a file that is not safetensors
+        raise ValueError(
+            f"{path!r} is not a make_hf embeddings file (not readable as safetensors: {error}); write it with "
+            "`make-hf encode` or `make_hf.index.save_embeddings`."
+        ) from None
+    with handle as f:
         header = f.metadata() or {}
         keys = set(f.keys())
         if EMBEDDINGS_KEY not in keys or "product_ids" not in header:

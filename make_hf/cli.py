@@ -1,0 +1,245 @@
+"""`make-hf`: encode a catalogue, build a product index, search it, evaluate a model, push to the Hub.
+
+```
+make-hf encode   --model MODEL --catalogue products.jsonl --output products.safetensors
+make-hf index    --embeddings products.safetensors --output products-index --kind hnsw
+make-hf search   --index products-index "red sneakers" "usb c charger"
+make-hf evaluate --model MODEL --dataset synthetic --output results.json
+make-hf evaluate --model MODEL --products products.jsonl --queries queries.jsonl
+make-hf push     MODEL org/make-small
+```
+
+`MODEL` is a folder written by `save_pretrained` (model and processor) or a Hub id. A catalogue file is JSONL,
+JSON, CSV, TSV or Parquet with `product_id`, `title` and `image` (a path relative to the file, or empty).
+`search` uses the model recorded in the index unless `--model` is given. Every command prints what it wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from .evaluation import CONDITIONS
+from .index import INDEX_KINDS
+
+
+def _device(name: str | None) -> str:
+    import torch
+
+    if name is not None:
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _load_model(path: str, device: str | None):
+    from .modeling_make import MakeModel
+    from .processing_make import MakeProcessor
+
+    if not (os.path.isdir(path) or path.count("/") == 1):
+        raise FileNotFoundError(f"--model {path!r}: no such folder (and not a Hub id like org/name).")
+    model = MakeModel.from_pretrained(path).to(_device(device)).eval()
+    processor = MakeProcessor.from_pretrained(path)
+    return model, processor
+
+
+def _write_json(path: str, data) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def run_encode(args: argparse.Namespace) -> int:
+    from .evaluation import encode_products, read_rows
+    from .index import save_embeddings
+
+    products = read_rows(args.catalogue)
+    model, processor = _load_model(args.model, args.device)
+    encoded = encode_products(
+        model, processor, products, conditions=(args.condition,), batch_size=args.batch_size,
+        show_progress=not args.quiet,
+    )
+    keep = encoded.retrievable[args.condition]
+    ids = [pid for pid, ok in zip(encoded.product_ids, keep.tolist()) if ok]
+    weights = encoded.modal_weights[keep] if encoded.modal_weights is not None else None
+    skipped = len(encoded.product_ids) - len(ids)
+    metadata = {"model": args.model, "condition": args.condition, "catalogue": os.path.abspath(args.catalogue),
+                "skipped_products": skipped}
+    save_embeddings(args.output, encoded.embeds[args.condition][keep], ids, modal_weights=weights, metadata=metadata)
+    note = f" ({skipped} without what condition {args.condition!r} needs were left out)" if skipped else ""
+    print(f"Encoded {len(ids)} products ({args.condition}, dim {encoded.embeds[args.condition].shape[1]}){note} "
+          f"-> {args.output}")
+    return 0
+
+
+def run_index(args: argparse.Namespace) -> int:
+    from .index import ProductIndex, load_embeddings
+
+    embeddings = load_embeddings(args.embeddings)
+    options = {
+        "hnsw": {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction, "ef_search": args.ef_search},
+        "ivfpq": {"nlist": args.nlist, "nprobe": args.nprobe, "pq_m": args.pq_m, "pq_bits": args.pq_bits},
+        "flat": {},
+    }[args.kind]
+    metadata = {**embeddings.metadata, "embeddings": os.path.abspath(args.embeddings)}
+    index = ProductIndex.build(
+        embeddings.product_embeds, embeddings.product_ids, kind=args.kind, metadata=metadata, seed=args.seed, **options
+    )
+    index.save(args.output)
+    print(f"{index} -> {args.output}")
+    return 0
+
+
+def run_search(args: argparse.Namespace) -> int:
+    from .evaluation import encode_queries
+    from .index import ProductIndex
+
+    queries = list(args.queries)
+    if args.queries_file:
+        with open(args.queries_file, encoding="utf-8") as f:
+            queries += [line.strip() for line in f if line.strip()]
+    if not queries:
+        raise ValueError("No query given: pass query strings or --queries-file.")
+    index = ProductIndex.load(args.index)
+    model_path = args.model or index.metadata.get("model")
+    if not model_path:
+        raise ValueError(f"--index {args.index!r} does not record its model; pass --model.")
+    model, processor = _load_model(model_path, args.device)
+    query_embeds = encode_queries(model, processor, queries, show_progress=False)
+    ids, scores = index.search(query_embeds, k=args.k, ef_search=args.ef_search, nprobe=args.nprobe)
+    results = [
+        {"query": query, "results": [{"product_id": pid, "score": float(score)}
+                                     for pid, score in zip(row_ids, row_scores) if pid is not None]}
+        for query, row_ids, row_scores in zip(queries, ids, scores)
+    ]
+    if args.json:
+        print(json.dumps(results, ensure_ascii=False, indent=2))
+    else:
+        for result in results:
+            print(f"{result['query']}")
+            for rank, hit in enumerate(result["results"], start=1):
+                print(f"  {rank:>3}. {hit['product_id']}  {hit['score']:.4f}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_retrieval, format_results, load_evaluation_set
+
+    if args.dataset is None and (args.products is None or args.queries is None):
+        raise ValueError("Give --dataset (synthetic, emoji or a saved folder) or both --products and --queries.")
+    products, queries = load_evaluation_set(
+        args.dataset, split=args.split, products=args.products, queries=args.queries,
+        num_products=args.num_products, seed=args.seed, language=args.language, emoji_source=args.emoji_source,
+    )
+    model, processor = _load_model(args.model, args.device)
+    results = evaluate_retrieval(
+        model, processor, products, queries, conditions=args.conditions, batch_size=args.batch_size,
+        max_queries=args.max_queries, show_progress=not args.quiet,
+    )
+    print(format_results(results), end="")
+    if args.output:
+        _write_json(args.output, results)
+        print(f"-> {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `make-hf` argument parser (one sub-command per task)."""
+    parser = argparse.ArgumentParser(
+        prog="make-hf", description="MAKE product retrieval: encode, index, search, evaluate, push.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, description=help,
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+    def model_arguments(sub: argparse.ArgumentParser, required: bool = True) -> None:
+        sub.add_argument("--model", required=required,
+                         help="model folder written by save_pretrained (with its processor), or a Hub id")
+        sub.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
+    encode = command("encode", "Encode a product catalogue into an embeddings file (safetensors + product ids).")
+    model_arguments(encode)
+    encode.add_argument("--catalogue", required=True,
+                        help="JSONL/JSON/CSV/TSV/Parquet file with product_id, title, image (path relative to it)")
+    encode.add_argument("--output", required=True, help="embeddings file to write (.safetensors)")
+    encode.add_argument("--condition", default="title+image", choices=CONDITIONS,
+                        help="what of each product to encode")
+    encode.add_argument("--batch-size", type=int, default=64)
+    encode.add_argument("--quiet", action="store_true", help="no progress bar")
+    encode.set_defaults(run=run_encode)
+
+    index = command("index", "Build a FAISS product index from an embeddings file and save it to a folder.")
+    index.add_argument("--embeddings", required=True, help="file written by `make-hf encode`")
+    index.add_argument("--output", required=True, help="folder to save the index in")
+    index.add_argument("--kind", default="hnsw", choices=INDEX_KINDS)
+    index.add_argument("--hnsw-m", type=int, default=32, help="HNSW graph degree")
+    index.add_argument("--ef-construction", type=int, default=200, help="HNSW build beam width")
+    index.add_argument("--ef-search", type=int, default=64, help="HNSW search beam width")
+    index.add_argument("--nlist", type=int, default=None, help="IVF-PQ lists (default: from the catalogue size)")
+    index.add_argument("--nprobe", type=int, default=None, help="IVF-PQ lists visited per query")
+    index.add_argument("--pq-m", type=int, default=None, help="IVF-PQ sub-quantisers (divides the dimension)")
+    index.add_argument("--pq-bits", type=int, default=None, help="IVF-PQ bits per code")
+    index.add_argument("--seed", type=int, default=0, help="seed of IVF-PQ training")
+    index.set_defaults(run=run_index)
+
+    search = command("search", "Search a saved product index with query strings; print the top-k product ids.")
+    search.add_argument("queries", nargs="*", help="query strings")
+    search.add_argument("--index", required=True, help="folder written by `make-hf index`")
+    model_arguments(search, required=False)
+    search.add_argument("--queries-file", help="text file with one query per line (added to the positional ones)")
+    search.add_argument("-k", "--k", type=int, default=10, help="results per query")
+    search.add_argument("--ef-search", type=int, default=None, help="HNSW search beam width for this search")
+    search.add_argument("--nprobe", type=int, default=None, help="IVF-PQ lists visited for this search")
+    search.add_argument("--json", action="store_true", help="print JSON instead of a list")
+    search.set_defaults(run=run_search)
+
+    evaluate = command("evaluate", "Evaluate a model on an evaluation set: Recall@k, MRR@10, NDCG@10 per condition.")
+    model_arguments(evaluate)
+    evaluate.add_argument("--dataset", help="'synthetic', 'emoji', or a folder saved with DatasetDict.save_to_disk")
+    evaluate.add_argument("--products", help="products file (instead of --dataset)")
+    evaluate.add_argument("--queries", help="queries file with query and relevant_ids (instead of --dataset)")
+    evaluate.add_argument("--split", default="test", choices=("test", "validation"))
+    evaluate.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=CONDITIONS)
+    evaluate.add_argument("--max-queries", type=int, default=None, help="evaluate an evenly spaced subset")
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--num-products", type=int, default=1600, help="synthetic shop size")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the synthetic shop / emoji split")
+    evaluate.add_argument("--language", default=None, help="keep rows of this language (emoji default: en)")
+    evaluate.add_argument("--emoji-source", default=None, help="folder with the Emoji-CLDR-3D npm tarballs")
+    evaluate.add_argument("--output", help="write the full result as JSON here")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluate.set_defaults(run=run_evaluate)
+
+    from .hub import add_push_arguments, run_push
+
+    push = command("push", "Upload a saved model folder (model, processor, code, card) to the Hugging Face Hub.")
+    add_push_arguments(push)
+    push.set_defaults(run=run_push)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `make-hf` console script; returns the exit status (errors print one line, status 1)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError, ImportError, OSError) as error:
+        print(f"make-hf {args.command}: error: {error}", file=sys.stderr)
+        return 1
+
+
+__all__ = ["build_parser", "main"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
