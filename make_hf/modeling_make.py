@@ -650,7 +650,9 @@ class MakeModel(MakePreTrainedModel):
         if not active:
             return {}, None, None, None
 
-        used = {kind for pair in active.values() for kind in pair}
+        # A fixed order: every process must issue the same collectives in the same sequence (set order is not
+        # stable across processes, string hashing is salted per interpreter).
+        used = sorted({kind for pair in active.values() for kind in pair})
         reference = next(embeddings[kind][0] for kind in used)
         batch = _GlobalBatch(reference.shape[0], reference.device)
         local = {kind: embeddings[kind][0] for kind in used}
