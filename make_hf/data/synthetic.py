@@ -386,13 +386,13 @@ _SHAPES = {
                   ("rect", (.58, .22, .82, .86)), ("rect", (.66, .14, .74, .22))],
     "shampoo": [("rrect", (.28, .30, .72, .92, .08)), ("rect", (.42, .10, .58, .30))],
     "vitamins": [("rrect", (.22, .36, .78, .90, .05)), ("rect", (.18, .20, .82, .36))],
-    "screws": [("rect", (.20, .10, .32, .18)), ("rect", (.24, .18, .28, .86)),
-               ("rect", (.44, .10, .56, .18)), ("rect", (.48, .18, .52, .86)),
-               ("rect", (.68, .10, .80, .18)), ("rect", (.72, .18, .76, .86))],
+    "screws": [("rect", (.17, .10, .35, .20)), ("rect", (.21, .20, .31, .86)),
+               ("rect", (.41, .10, .59, .20)), ("rect", (.45, .20, .55, .86)),
+               ("rect", (.65, .10, .83, .20)), ("rect", (.69, .20, .79, .86))],
     "notebook": [("rect", (.22, .10, .80, .90))] + [("ellipse0", (.24, y, .30, y + .04)) for y in
                                                      (.16, .28, .40, .52, .64, .76)],
 }
-_FIXED_COLOURS = {"white": (236, 236, 236), "black": (30, 30, 30), "grey": (110, 110, 116),
+_FIXED_COLOURS = {"white": (250, 250, 250), "black": (30, 30, 30), "grey": (110, 110, 116),
                   "yellow": (214, 176, 56), "teal": (24, 140, 148), "orange": (236, 120, 30), "brown": (128, 84, 48)}
 
 
@@ -477,7 +477,7 @@ def draw_product_image(
     size = max(128, image_size)
     scale = rng.uniform(0.84, 1.0)
     dx, dy = rng.uniform(-0.05, 0.05), rng.uniform(-0.05, 0.05)
-    grey = rng.randint(226, 250)
+    grey = rng.randint(206, 234)
     background = tuple(min(255, max(0, grey + rng.randint(-4, 4))) for _ in range(3))
     canvas = Image.new("RGB", (size, size), background)
     mask = _draw_mask(shape, size, scale, dx, dy)
@@ -518,7 +518,13 @@ def _make_products(num_products: int, seed: int, image_size: int) -> list[_Produ
             combos = [(category.colour, "plain", b, m, s)
                       for b in category.brands for m in category.materials for s in category.sizes]
         rng.shuffle(combos)
-        per_category[category.name] = combos
+        # Deal the combinations round-robin over colours (brands) so that even a small shop shows every value.
+        lead = {}
+        for combo in combos:
+            lead.setdefault(combo[0] if category.group == IMAGE_DECIDED else combo[2], []).append(combo)
+        hands = list(lead.values())
+        per_category[category.name] = [hand[k] for k in range(max(map(len, hands))) for hand in hands
+                                       if k < len(hand)]
     products = []
     for i in range(num_products):
         category = CATEGORIES[i % len(CATEGORIES)]
