@@ -37,8 +37,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
-import datasets
-import evaluate
 import numpy as np
 import torch
 
@@ -295,67 +293,84 @@ Example:
 """
 
 
-class RetrievalMetrics(evaluate.Metric):
-    """The retrieval metrics of this module as an offline `evaluate.Metric` (no hub download).
+def _define_retrieval_metrics() -> type:
+    # Importing `evaluate` imports transformers' pipelines (~4 s) and would pick up any local file named
+    # evaluate.py next to a script being run: defer it to the first use of the class.
+    import datasets
+    import evaluate
 
-    Same values as `retrieval_metrics` (config `"rankings"`, the default) and `retrieval_metrics_from_scores`
-    (config `"scores"`); supports `add_batch` accumulation and evaluate's distributed gathering.
+    class RetrievalMetrics(evaluate.Metric):
+        """The retrieval metrics of this module as an offline `evaluate.Metric` (no hub download).
 
-    Example:
+        Same values as `retrieval_metrics` (config `"rankings"`, the default) and `retrieval_metrics_from_scores`
+        (config `"scores"`); supports `add_batch` accumulation and evaluate's distributed gathering.
 
-    ```python
-    >>> metric = RetrievalMetrics()                      # ranked ids
-    >>> metric.add_batch(predictions=[["p3", "p1"]], references=[["p1"]])
-    >>> metric.compute(recall_ks=(1, 5))["recall@5"]
-    1.0
-    >>> RetrievalMetrics("scores").compute(predictions=[[0.1, 0.9, 0.3]], references=[[2]])["mrr@10"]
-    0.5
-    ```
-    """
+        Example:
 
-    def _info(self) -> evaluate.MetricInfo:
-        if self.config_name == "scores":
-            features = datasets.Features(
-                {
-                    "predictions": datasets.Sequence(datasets.Value("float64")),
-                    "references": datasets.Sequence(datasets.Value("int64")),
-                }
-            )
-        elif self.config_name in ("default", "rankings"):
-            features = [
-                datasets.Features(
+        ```python
+        >>> metric = RetrievalMetrics()                      # ranked ids
+        >>> metric.add_batch(predictions=[["p3", "p1"]], references=[["p1"]])
+        >>> metric.compute(recall_ks=(1, 5))["recall@5"]
+        1.0
+        >>> RetrievalMetrics("scores").compute(predictions=[[0.1, 0.9, 0.3]], references=[[2]])["mrr@10"]
+        0.5
+        ```
+        """
+
+        def _info(self) -> evaluate.MetricInfo:
+            if self.config_name == "scores":
+                features = datasets.Features(
                     {
-                        "predictions": datasets.Sequence(datasets.Value("string")),
-                        "references": datasets.Sequence(datasets.Value("string")),
-                    }
-                ),
-                datasets.Features(
-                    {
-                        "predictions": datasets.Sequence(datasets.Value("int64")),
+                        "predictions": datasets.Sequence(datasets.Value("float64")),
                         "references": datasets.Sequence(datasets.Value("int64")),
                     }
-                ),
-            ]
-        else:
-            raise ValueError(f"Unknown config {self.config_name!r}: use 'rankings' (the default) or 'scores'.")
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_INPUTS,
-            features=features,
-            module_type="metric",
-        )
-
-    def _compute(self, predictions, references, recall_ks=RECALL_KS, mrr_k=MRR_K, ndcg_k=NDCG_K):
-        if self.config_name == "scores":
-            lengths = {len(row) for row in predictions}
-            if len(lengths) > 1:
-                raise ValueError(
-                    f"Score rows have different lengths {sorted(lengths)}; every row must score the whole catalogue."
                 )
-            scores = torch.tensor(np.asarray(predictions, dtype=np.float64))
-            return retrieval_metrics_from_scores(scores, [list(map(int, r)) for r in references], recall_ks, mrr_k, ndcg_k)
-        return retrieval_metrics(predictions, references, recall_ks, mrr_k, ndcg_k)
+            elif self.config_name in ("default", "rankings"):
+                features = [
+                    datasets.Features(
+                        {
+                            "predictions": datasets.Sequence(datasets.Value("string")),
+                            "references": datasets.Sequence(datasets.Value("string")),
+                        }
+                    ),
+                    datasets.Features(
+                        {
+                            "predictions": datasets.Sequence(datasets.Value("int64")),
+                            "references": datasets.Sequence(datasets.Value("int64")),
+                        }
+                    ),
+                ]
+            else:
+                raise ValueError(f"Unknown config {self.config_name!r}: use 'rankings' (the default) or 'scores'.")
+            return evaluate.MetricInfo(
+                description=_DESCRIPTION,
+                citation="",
+                inputs_description=_INPUTS,
+                features=features,
+                module_type="metric",
+            )
+
+        def _compute(self, predictions, references, recall_ks=RECALL_KS, mrr_k=MRR_K, ndcg_k=NDCG_K):
+            if self.config_name == "scores":
+                lengths = {len(row) for row in predictions}
+                if len(lengths) > 1:
+                    raise ValueError(
+                        f"Score rows have different lengths {sorted(lengths)}; every row must score the whole catalogue."
+                    )
+                scores = torch.tensor(np.asarray(predictions, dtype=np.float64))
+                return retrieval_metrics_from_scores(scores, [list(map(int, r)) for r in references], recall_ks, mrr_k, ndcg_k)
+            return retrieval_metrics(predictions, references, recall_ks, mrr_k, ndcg_k)
+
+    RetrievalMetrics.__module__, RetrievalMetrics.__qualname__ = __name__, "RetrievalMetrics"
+    return RetrievalMetrics
+
+
+def __getattr__(name: str):
+    """`RetrievalMetrics` is defined on first access (PEP 562), so that importing this module stays light."""
+    if name == "RetrievalMetrics":
+        globals()[name] = _define_retrieval_metrics()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
