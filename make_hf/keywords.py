@@ -43,7 +43,7 @@ _TERM_ID_MODULUS = 2**62 - 1
 ENGLISH_STOP_WORDS = frozenset(
     """
     a about above after again against all also am an and any are as at be because been before being below
-    between both but by can could did do does doing down during each either etc few for from further had has
+    between both but by could did do does doing down during each either etc few for from further had has
     have having he her here hers herself him himself his how i if in into is it its itself just me more most
     my myself neither no nor not of off on once only or other our ours ourselves out over own same she should
     so some such than that the their theirs them themselves then there these they this those through to too
@@ -55,15 +55,15 @@ ENGLISH_STOP_WORDS = frozenset(
 
 ENGLISH_FILLER_WORDS = frozenset(
     """
-    new newest latest hot sale sales selling seller bestseller bestselling best top free shipping ship
-    fast delivery quality premium high original genuine authentic official brand branded cheap cheapest
-    discount discounted promo promotion deal deals offer offers clearance wholesale dropshipping dropship
-    stock instock fashion fashionable stylish trendy popular style styles gift gifts item items product
-    products pcs pc piece pieces lot lots size sizes color colors colour colours compatible fits
-    inch inches cm mm ml kg lbs oz
+    new newest latest hot sale sales selling seller bestseller bestselling best free shipping delivery
+    quality premium original genuine authentic official brand branded cheap cheapest discount discounted
+    promo promotion deal deals offer offers clearance wholesale dropshipping dropship instock fashion
+    fashionable stylish trendy popular style styles item items product products pcs pc piece pieces lot lots
+    size sizes color colors colour colours compatible fits inch inches cm mm ml kg lbs oz
     """.split()
 )
-"""Shop filler: words sellers add to every title ("2024 new hot sale free shipping")."""
+"""Shop filler: words sellers add to every title ("2024 new hot sale free shipping"). Words that are filler in
+one title and a product in another ("top" in "tank top", "high" in "high heels", "can") are left to the IDF."""
 
 CHINESE_STOP_WORDS = frozenset(
     "的 了 和 与 及 或 是 在 有 也 都 就 而 之 其 等 着 把 被 让 给 为 对 从 向 以 于 这 那 个 款 件 只 双 套 条 张 "
@@ -181,8 +181,8 @@ class KeywordExtractor:
             bigrams with a warning.
         drop_for_mentions (`bool`, defaults to True):
             Drop the brand/model named after "for", "fits", "compatible with" (up to 3 words, the model number
-            and "pro", "max"-like suffixes after it, until punctuation) or "适用", "兼容" ... (the next word and model numbers), unless the word
-            is an audience, place or occasion ("shoes for men", "适用于厨房").
+            and "pro", "max"-like suffixes after it, until punctuation) or after "适用", "兼容" ... (the next word
+            and model numbers), unless the word is an audience, place or occasion ("shoes for men", "适用于厨房").
         extra_stop_words (`list[str]`, *optional*):
             More words that are never terms (lower-case), e.g. the shop's own name.
         document_frequency, num_titles, query_hits:
@@ -488,6 +488,9 @@ __all__ = [
     "CHINESE_STOP_WORDS",
     "ENGLISH_FILLER_WORDS",
     "ENGLISH_STOP_WORDS",
+    "FOR_PHRASE_PREFIXES",
+    "FOR_TRIGGERS",
+    "GENERIC_FOR_TARGETS",
     "KeywordExtractor",
     "MODEL_SUFFIXES",
     "hash_term",

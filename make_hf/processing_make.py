@@ -72,7 +72,9 @@ class MakeProcessor(ProcessorMixin):
         - `title_input_ids`, `title_attention_mask` (B, title_max_length); a row without a title (`None` or
           blank) is padding with an all-zero mask.
         - `pixel_values` (B, 3, H, W) float and `image_mask` (B,) long; rows without an image are zeros with mask 0.
-        - `keyword_input_ids`, `keyword_attention_mask` (B, query_max_length): the keyword strings.
+        - `keyword_input_ids`, `keyword_attention_mask` (B, query_max_length): the keyword strings (the extracted
+          terms joined by spaces, in title order). A title without informative terms, a missing title or a `None`
+          explicit keyword row gives an empty string: `[CLS] [SEP]` and no terms.
         - `keyword_term_ids` (B, query_max_length) and, with a query, `query_term_ids` (B, query_max_length):
           hashed normalised terms (`make_hf.keywords.hash_term`), unique per row, padded with 0. Row i's keywords
           cover query j when query j's nonzero ids are a non-empty subset of row i's.
@@ -375,10 +377,9 @@ class MakeProcessor(ProcessorMixin):
     @property
     def image_size(self) -> tuple[int, int]:
         """(height, width) of `pixel_values`, from the image processor's crop or resize size."""
-        size = getattr(self.image_processor, "crop_size", None) if getattr(
-            self.image_processor, "do_center_crop", False
-        ) else None
-        size = size or self.image_processor.size
+        size = self.image_processor.size
+        if getattr(self.image_processor, "do_center_crop", False) and getattr(self.image_processor, "crop_size", None):
+            size = self.image_processor.crop_size
         if "height" in size:
             return int(size["height"]), int(size["width"])
         edge = int(size.get("shortest_edge", size.get("longest_edge")))

@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from make_hf import keywords as keywords_module
-from make_hf.keywords import KeywordExtractor, hash_term
+from make_hf.keywords import KeywordExtractor, hash_term, jieba_available
 
 
 FIXTURE_TITLE = "2024 new breathable running shoes men women mesh sport sneakers"
@@ -70,8 +70,7 @@ def test_extract_english_fixture(shop_extractor):
 
 
 def test_extract_chinese_fixture_with_jieba():
-    import jieba  # noqa: F401  (dev dependency: the fixture is about jieba's segmentation)
-
+    assert jieba_available(), "jieba is a dev dependency: pip install -e .[dev]"
     extractor = KeywordExtractor()
     assert extractor.segmenter == "jieba"
     top = extractor.fit([FIXTURE_TITLE_ZH, "男士皮鞋商务正装", "女士凉鞋夏季"], ["跑步鞋", "皮鞋", "凉鞋"]).extract(

@@ -17,7 +17,9 @@ SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 # Blank strings are rejected as queries on purpose (see test_processing.py); everything else must work: any script,
 # emoji, control characters, combining marks, CJK (through jieba), right-to-left text.
 texts = st.text(min_size=1, max_size=60).filter(lambda text: text.strip())
-cjk_heavy = st.text(alphabet=st.characters(min_codepoint=0x4E00, max_codepoint=0x4FFF) | st.sampled_from(" 0a-"), min_size=1)
+cjk_heavy = st.text(
+    alphabet=st.characters(min_codepoint=0x4E00, max_codepoint=0x4FFF) | st.sampled_from(" 0a-"), min_size=1
+)
 any_text = texts | cjk_heavy.filter(lambda text: text.strip())
 
 
@@ -88,7 +90,11 @@ image_arrays = st.one_of(
     arrays(np.uint8, st.tuples(st.integers(1, 12), st.integers(1, 12))),
     arrays(np.uint16, st.tuples(st.integers(1, 12), st.integers(1, 12))),
     arrays(np.bool_, st.tuples(st.integers(1, 12), st.integers(1, 12))),
-    arrays(np.float32, st.tuples(st.integers(1, 12), st.integers(5, 12), st.just(3)), elements=st.floats(0, 255, width=32)),
+    arrays(
+        np.float32,
+        st.tuples(st.integers(1, 12), st.integers(5, 12), st.just(3)),
+        elements=st.floats(0, 255, width=32),
+    ),
 )
 
 
