@@ -357,6 +357,8 @@ def exact_search(
         indices.append(top.indices)
     if not values:
         return query_embeds.new_zeros(0, k), torch.zeros(0, k, dtype=torch.long, device=query_embeds.device)
+    if len(values) == 1:
+        return values[0], indices[0]
     return torch.cat(values), torch.cat(indices)
 
 
