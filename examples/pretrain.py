@@ -26,12 +26,15 @@ the test-split evaluation table (`eval_results.json`, `eval_results.md`) and plo
 Run `python examples/pretrain.py --help` for every option (defaults live in `make_hf/training/arguments.py`).
 """
 
+import logging
+
 from transformers import HfArgumentParser
 
 from make_hf.training import PretrainArguments, pretrain
 
 
 def main(argv=None):
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     (args,) = HfArgumentParser(PretrainArguments).parse_args_into_dataclasses(args=argv)
     pretrain(args)
 

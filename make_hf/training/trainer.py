@@ -45,6 +45,7 @@ def pretrain(args: PretrainArguments) -> dict:
     from ..evaluation import evaluate_retrieval, format_results
 
     accelerator = Accelerator(
+        cpu=_multi_process_without_gpu(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
@@ -74,6 +75,9 @@ def pretrain(args: PretrainArguments) -> dict:
         shuffle=True,
         drop_last=True,  # equal batches on every process; a contrastive batch of 3 is mostly noise anyway
         collate_fn=collator,
+        # Its own generator: creating an iterator would otherwise draw from the global torch RNG and shift the
+        # dropout stream of a resumed run away from the uninterrupted one.
+        generator=torch.Generator().manual_seed(args.seed),
     )
     if len(train_dataloader) == 0:
         raise ValueError(
@@ -178,6 +182,12 @@ def pretrain(args: PretrainArguments) -> dict:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return results
+
+
+def _multi_process_without_gpu() -> bool:
+    """`accelerate launch --multi_gpu --num_processes N` on a machine without GPUs: run N CPU processes over
+    gloo. Accelerate would otherwise give each process a world of its own."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
 def _tracker_config(args: PretrainArguments) -> dict:
