@@ -311,11 +311,16 @@ class MakeModel(MakePreTrainedModel):
         self.vision_model = vision_model if keep_vision_pooler else _without_pooler(vision_model)
 
         # The towers read their own config objects; point them at the composite's so that edits stay in sync.
-        for tower, key in ((self.query_model, "query_config"), (self.title_model, "title_config"),
-                           (self.vision_model, "vision_config")):
-            if tower is not None:
-                getattr(config, key)._attn_implementation = tower.config._attn_implementation
-                tower.config = getattr(config, key)
+        towers = ((self.query_model, "query_config"), (self.title_model, "title_config"), (self.vision_model, "vision_config"))
+        for tower, key in towers:
+            if tower is None:
+                continue
+            if tower.config._attn_implementation is None:
+                # A ready-made tower whose config was reset (building a composite config resets its sub-configs):
+                # resolve it as the tower's own __init__ would have.
+                tower.set_attn_implementation("sdpa" if tower._supports_sdpa else "eager")
+            getattr(config, key)._attn_implementation = tower.config._attn_implementation
+            tower.config = getattr(config, key)
 
         vision_width = config.vision_config.hidden_size
         if keep_vision_pooler:
@@ -793,10 +798,11 @@ class MakeModel(MakePreTrainedModel):
         if query_pooling is not None:
             config_kwargs.setdefault("text_pooling", query_pooling)
 
+        # Copies: building the composite config resets the attention implementation of the sub-configs it is given.
         config = MakeConfig(
-            query_config=query_model.config,
-            title_config=None if share else title_model.config,
-            vision_config=vision_model.config,
+            query_config=copy.deepcopy(query_model.config),
+            title_config=None if share else copy.deepcopy(title_model.config),
+            vision_config=copy.deepcopy(vision_model.config),
             **config_kwargs,
         )
         return cls(config, query_model=query_model, title_model=title_model, vision_model=vision_model)

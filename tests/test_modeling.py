@@ -46,6 +46,10 @@ def test_preset_trains_every_parameter_it_has(preset):
     ]
     assert without_gradient == []
 
+    towers = [model.query_model, model.title_model, model.vision_model]
+    assert [tower.config._attn_implementation for tower in towers if tower is not None] == ["sdpa"] * (
+        2 if config.share_text_encoder else 3
+    )
     names = [name for name, _ in model.named_parameters()]
     assert not any("pooler" in name for name in names)
     if config.share_text_encoder:
@@ -263,6 +267,7 @@ def test_save_and_load_give_identical_outputs(tmp_path):
         model.save_pretrained(tmp_path / preset)
         assert (tmp_path / preset / "model.safetensors").exists()
         loaded = MakeModel.from_pretrained(tmp_path / preset).eval()
+        assert loaded.query_model.config._attn_implementation == "sdpa"
         with torch.no_grad():
             expected, actual = model(**batch), loaded(**batch)
         for name in ("loss", "product_embeds", "query_embeds", "keyword_embeds", "modal_weights", "logits_per_query"):
