@@ -31,8 +31,8 @@ Layout (a `datasets.DatasetDict`; the same layout as the synthetic shop):
   contained in the name of at least one emoji of the split; its relevant products are all emoji of the split
   (same language) that have the keyword, since a keyword shared by several emoji describes all of them.
 
-Evaluate one language at a time (`get_evaluation_set(dataset, "test", language="en")`): product ids repeat across
-languages.
+Evaluate one language at a time: with several languages, product ids repeat across languages in the products
+tables, so filter both tables by `language` first (or build with `languages="en"`).
 
 Counts with the defaults (`languages=("en", "zh")`, `split_fractions=(0.8, 0.1, 0.1)`, `seed=0`), checked by the
 test suite:
