@@ -38,8 +38,19 @@ def build_model_and_processor(args: PretrainArguments, data, accelerator, resume
                 processor = MakeProcessor.from_pretrained(processor_dir)
 
     if args.init_from_towers:
+        if len(args.init_from_towers) > 2:
+            raise ValueError(f"--init_from_towers takes TEXT [VISION], got {len(args.init_from_towers)} paths.")
         text, vision = (list(args.init_from_towers) + [None])[:2]
-        model = MakeModel.from_towers(query=text, title=text, vision=vision, config=config)
+        # The preset (or config file) still decides everything but the pretrained towers: fusion, losses, sizes.
+        fields = {
+            name: getattr(config, name) for name in MakeConfig.__annotations__ if not name.endswith("_config")
+        }
+        model = MakeModel.from_towers(
+            query=text,
+            title=None if config.share_text_encoder else text,
+            vision=vision or config.vision_config,
+            **fields,
+        )
     else:
         config.query_config.vocab_size = len(processor.tokenizer)
         config.title_config.vocab_size = len(processor.tokenizer)
