@@ -255,11 +255,6 @@ class MakeConfig(PreTrainedConfig):
                 f"({math.log(self.logit_scale_max):.4f}); lower it or raise `logit_scale_max`."
             )
 
-    @property
-    def text_configs(self) -> list[PreTrainedConfig]:
-        """The configs of the text encoders that exist: query and, unless shared, title."""
-        return [self.query_config] if self.share_text_encoder else [self.query_config, self.title_config]
-
     @classmethod
     def from_preset(cls, name: str, size: str | None = None, **overrides) -> "MakeConfig":
         """
