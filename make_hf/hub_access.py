@@ -1,13 +1,16 @@
 """Fail in seconds, saying what to do, when a checkpoint has to come from a Hub that cannot be reached.
 
-`from_pretrained("org/make-base")` asks the Hub for each file. When the Hub cannot be reached and nothing is
-cached, `huggingface_hub` retries every metadata request with exponential backoff (five retries: about 23 s when
-the connection is refused, up to several minutes when packets are dropped, each try waiting up to 60 s) before
-`transformers` raises a generic "We couldn't connect" `OSError`. `hub_access` runs before the download: when the repo
-is not in the cache it makes one metadata request without retries (`HF_HUB_ETAG_TIMEOUT`, 10 s by default) and, if
-no answer comes, raises `HubUnreachableError` naming the repo, the endpoint, the cache and the ways out (a local
-folder, `HF_HUB_OFFLINE=1` with a filled cache). A cached repo is loaded as before (the Hub client falls back to the
-cache on its own), so the check costs nothing offline and one request on a first download.
+`from_pretrained("org/make-base")` asks the Hub for each file. When the Hub cannot be reached, `huggingface_hub`
+retries metadata requests with exponential backoff (five retries: about 23 s when the connection is refused, up to
+several minutes when packets are dropped, each try waiting up to 60 s). With nothing cached, `transformers` then
+raises a generic "We couldn't connect" `OSError`; with the repo cached, a processor still spends over a minute
+retrying its optional files and listings before it falls back to the cache.
+
+`hub_access` runs before the load and makes one metadata request without retries (`HF_HUB_ETAG_TIMEOUT`, 10 s by
+default). No answer and nothing cached: `HubUnreachableError` at once, naming the repo, the endpoint, the cache and
+the ways out (a local folder, `HF_HUB_OFFLINE=1` with a filled cache). No answer but the repo cached: the load goes
+on with `local_files_only=True` (and a warning). In offline mode nothing is requested; an uncached repo fails at
+once with the same kind of message.
 
 `MakeModel.from_pretrained` and `MakeProcessor.from_pretrained` go through it. This file is copied next to the model
 code in pushed checkpoints (remote code): it imports only the standard library and `huggingface_hub`, which
@@ -15,6 +18,7 @@ code in pushed checkpoints (remote code): it imports only the standard library a
 """
 
 import contextlib
+import logging
 import os
 import re
 from pathlib import Path
@@ -23,6 +27,9 @@ from huggingface_hub import constants as hub_constants
 from huggingface_hub import hf_hub_url
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import build_hf_headers, get_session, validate_repo_id
+
+
+logger = logging.getLogger(__name__)
 
 
 class HubUnreachableError(OSError):
@@ -103,6 +110,19 @@ def _offline_message(repo_id: str, revision: str, cache_dir) -> str:
     )
 
 
+def _probe(repo_id: str, revision: str, token) -> Exception | None:
+    """One metadata request to the Hub, without retries: None when any HTTP answer comes back (even an error such
+    as a missing or gated repo, which transformers then reports), the network error otherwise."""
+    url = hf_hub_url(repo_id, "config.json", revision=revision, endpoint=hub_constants.ENDPOINT)
+    try:
+        get_session().head(url, headers=build_hf_headers(token=token), timeout=hub_constants.HF_HUB_ETAG_TIMEOUT)
+    except Exception as error:
+        if _is_network_failure(error):
+            return error
+        raise
+    return None
+
+
 def check_hub_access(
     pretrained_model_name_or_path,
     *,
@@ -110,45 +130,57 @@ def check_hub_access(
     cache_dir=None,
     local_files_only: bool = False,
     token=None,
-) -> None:
-    """Raise `HubUnreachableError` at once if `pretrained_model_name_or_path` is a repo id that is not cached and
-    cannot be fetched (offline mode, or no answer to one metadata request). Local paths and cached repos pass."""
+) -> bool:
+    """Decide how a `from_pretrained(pretrained_model_name_or_path)` can proceed, before it touches the network.
+
+    Returns:
+        True when the load must use the cache only (`local_files_only=True`): the repo is cached but the Hub does
+        not answer. Without it, `transformers` still asks the Hub for optional files and listings and the client
+        retries each with backoff: over a minute for a processor. False: proceed as asked (a local path, offline
+        mode with a cached repo, or a Hub that answers).
+
+    Raises:
+        HubUnreachableError: the repo is not cached and offline mode is on, or the Hub does not answer.
+    """
     if not _is_repo_id(pretrained_model_name_or_path):
-        return
+        return False
     repo_id, revision = pretrained_model_name_or_path, revision or hub_constants.DEFAULT_REVISION
-    if is_cached(repo_id, revision, cache_dir):
-        return
+    cached = is_cached(repo_id, revision, cache_dir)
     if local_files_only or hub_constants.is_offline_mode():
+        if cached:
+            return False
         raise HubUnreachableError(_offline_message(repo_id, revision, cache_dir))
-    url = hf_hub_url(repo_id, "config.json", revision=revision, endpoint=hub_constants.ENDPOINT)
-    try:
-        get_session().head(
-            url,
-            headers=build_hf_headers(token=token),
-            timeout=hub_constants.HF_HUB_ETAG_TIMEOUT,
+    error = _probe(repo_id, revision, token)
+    if error is None:
+        return False
+    if cached:
+        logger.warning(
+            f"The Hub at {hub_constants.ENDPOINT} cannot be reached ({type(error).__name__}); loading {repo_id!r} "
+            "from the local cache. Set HF_HUB_OFFLINE=1 to skip this check."
         )
-    except Exception as error:
-        if _is_network_failure(error):
-            raise HubUnreachableError(
-                _unreachable_message(repo_id, revision, cache_dir, f"{type(error).__name__}: {error}")
-            ) from error
-        raise
-    # Any HTTP answer, even an error (missing repo, gated, ...), means the Hub is there: transformers reports it.
+        return True
+    raise HubUnreachableError(
+        _unreachable_message(repo_id, revision, cache_dir, f"{type(error).__name__}: {error}")
+    ) from error
 
 
 @contextlib.contextmanager
 def hub_access(pretrained_model_name_or_path, kwargs: dict):
-    """Wrap a `from_pretrained` call: check reachability first (see `check_hub_access`), and turn a network
-    failure that still happens during the load (e.g. the connection drops half-way) into `HubUnreachableError`."""
+    """Wrap a `from_pretrained(pretrained_model_name_or_path, **kwargs)` call: check reachability first (see
+    `check_hub_access`; `kwargs` gets `local_files_only=True` when a cached repo must be loaded without the Hub, so
+    pass the same dict on), and turn a network failure that still happens during the load (e.g. the connection
+    drops half-way) into `HubUnreachableError`."""
     revision = kwargs.get("revision")
     cache_dir = kwargs.get("cache_dir")
-    check_hub_access(
+    cache_only = check_hub_access(
         pretrained_model_name_or_path,
         revision=revision,
         cache_dir=cache_dir,
         local_files_only=bool(kwargs.get("local_files_only", False)),
         token=kwargs.get("token"),
     )
+    if cache_only:
+        kwargs["local_files_only"] = True
     try:
         yield
     except HubUnreachableError:
