@@ -69,7 +69,9 @@ def run_encode(args: argparse.Namespace) -> int:
     ids = [pid for pid, ok in zip(encoded.product_ids, keep.tolist()) if ok]
     weights = encoded.modal_weights[keep] if encoded.modal_weights is not None else None
     skipped = len(encoded.product_ids) - len(ids)
-    metadata = {"model": args.model, "condition": args.condition, "catalogue": os.path.abspath(args.catalogue),
+    # An absolute folder, so that `make-hf search` finds the model from any working directory.
+    model_ref = os.path.abspath(args.model) if os.path.isdir(args.model) else args.model
+    metadata = {"model": model_ref, "condition": args.condition, "catalogue": os.path.abspath(args.catalogue),
                 "skipped_products": skipped}
     save_embeddings(args.output, encoded.embeds[args.condition][keep], ids, modal_weights=weights, metadata=metadata)
     note = f" ({skipped} without what condition {args.condition!r} needs were left out)" if skipped else ""

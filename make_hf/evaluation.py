@@ -3,8 +3,8 @@
 An evaluation set is a catalogue of products (`product_id`, `title`, `image`, optional `category`,
 `category_group`) and queries (`query`, `relevant_ids`, optional `bucket`, `category_group`), each given as a
 `datasets.Dataset`, a list of row dicts or a dict of columns. `evaluate_retrieval` encodes every product under
-up to three conditions and searches exhaustively with torch (`(queries @ products.T)` top-k; on one CPU it is
-about twice as fast as a FAISS flat index, and exact):
+up to three conditions and searches exhaustively with torch (`(queries @ products.T)` top-k: exact, and
+2-3x the throughput of a FAISS flat index on CPU, see `benchmarks/index_recall.py`):
 
 - `"title+image"`: the product as served, title and image fused by the model (Modal Adaptation for MAKE);
 - `"title"`: the title alone (`get_product_features` without pixels);
