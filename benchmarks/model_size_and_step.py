@@ -33,7 +33,9 @@ def parameter_counts(model: MakeModel) -> dict:
         "title_tower": model.title_model,
         "image_tower": model.vision_model,
     }
-    counts = {name: sum(p.numel() for p in part.parameters()) if part is not None else 0 for name, part in parts.items()}
+    counts = {
+        name: 0 if part is None else sum(p.numel() for p in part.parameters()) for name, part in parts.items()
+    }
     counts["total"] = sum(p.numel() for p in model.parameters())
     counts["heads"] = counts["total"] - counts["query_tower"] - counts["title_tower"] - counts["image_tower"]
     return counts

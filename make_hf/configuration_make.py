@@ -43,7 +43,12 @@ _TOWER_SIZES = {
             max_position_embeddings=128,
         ),
         "vision": dict(
-            image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
         ),
         "projection_dim": 32,
     },

@@ -168,7 +168,9 @@ def _without_pooler(tower: PreTrainedModel) -> PreTrainedModel:
 
 
 def _tower_from_config(config: PreTrainedConfig, keep_pooler: bool) -> PreTrainedModel:
-    kwargs = {} if keep_pooler or not _model_class_accepts(config, "add_pooling_layer") else {"add_pooling_layer": False}
+    kwargs = {}
+    if not keep_pooler and _model_class_accepts(config, "add_pooling_layer"):
+        kwargs["add_pooling_layer"] = False
     tower = AutoModel.from_config(config, **kwargs)
     return tower if keep_pooler else _without_pooler(tower)
 
@@ -292,11 +294,14 @@ class MakeModel(MakePreTrainedModel):
         super().__init__(config)
         config.validate_make()
         if config.share_text_encoder and title_model is not None:
-            raise ValueError("`title_model` was given but `config.share_text_encoder=True`: titles use the query model.")
+            raise ValueError(
+                "`title_model` was given but `config.share_text_encoder=True`: titles use the query model."
+            )
 
         keep_vision_pooler = config.vision_pooling == "pooler"
-        self.query_model = _without_pooler(query_model) if query_model is not None else None
-        if self.query_model is None:
+        if query_model is not None:
+            self.query_model = _without_pooler(query_model)
+        else:
             self.query_model = _tower_from_config(config.query_config, keep_pooler=False)
         if config.share_text_encoder:
             # Titles are encoded by calling `query_model`; registering it a second time would make safetensors
@@ -311,7 +316,11 @@ class MakeModel(MakePreTrainedModel):
         self.vision_model = vision_model if keep_vision_pooler else _without_pooler(vision_model)
 
         # The towers read their own config objects; point them at the composite's so that edits stay in sync.
-        towers = ((self.query_model, "query_config"), (self.title_model, "title_config"), (self.vision_model, "vision_config"))
+        towers = (
+            (self.query_model, "query_config"),
+            (self.title_model, "title_config"),
+            (self.vision_model, "vision_config"),
+        )
         for tower, key in towers:
             if tower is None:
                 continue
@@ -379,12 +388,14 @@ class MakeModel(MakePreTrainedModel):
         Returns:
             `torch.FloatTensor` of shape `(B, projection_dim)`.
         """
-        return self._encode_text(self.query_model, self.query_projection, input_ids, attention_mask, project, normalize)
+        return self._encode_text(
+            self.query_model, self.query_projection, input_ids, attention_mask, project, normalize
+        )
 
     def get_keyword_features(
         self, input_ids: torch.LongTensor, attention_mask: torch.LongTensor | None = None
     ) -> torch.FloatTensor:
-        """Encode keyword strings: the query encoder, as in Keyword Enhancement. Same output as `get_query_features`."""
+        """Encode keyword strings with the query encoder (Keyword Enhancement); same as `get_query_features`."""
         return self.get_query_features(input_ids, attention_mask)
 
     def get_title_features(
@@ -401,7 +412,9 @@ class MakeModel(MakePreTrainedModel):
         """
         if self.title_model is None:
             return self.get_query_features(input_ids, attention_mask, project, normalize)
-        return self._encode_text(self.title_model, self.title_projection, input_ids, attention_mask, project, normalize)
+        return self._encode_text(
+            self.title_model, self.title_projection, input_ids, attention_mask, project, normalize
+        )
 
     def get_image_features(
         self, pixel_values: torch.FloatTensor, project: bool = True, normalize: bool = True
@@ -819,7 +832,8 @@ class MakeModel(MakePreTrainedModel):
                 f"`{role}` must be a hub id or folder, a PreTrainedModel or a PreTrainedConfig; got {type(spec)}."
             )
         spec = str(spec)
-        hub_kwargs = {k: v for k, v in tower_kwargs.items() if k in ("revision", "cache_dir", "token", "local_files_only")}
+        hub_keys = ("revision", "cache_dir", "token", "local_files_only")
+        hub_kwargs = {key: value for key, value in tower_kwargs.items() if key in hub_keys}
         subfolder, pooling = _sentence_transformers_layout(spec, **hub_kwargs)
         if subfolder:
             hub_kwargs["subfolder"] = subfolder
@@ -886,4 +900,11 @@ class _GlobalBatch:
 
 MakeModel.register_for_auto_class("AutoModel")
 
-__all__ = ["MakeModel", "MakeOutput", "MakePreTrainedModel", "ModalAdaptation", "fuse_title_and_image", "masked_mean_pool"]
+__all__ = [
+    "MakeModel",
+    "MakeOutput",
+    "MakePreTrainedModel",
+    "ModalAdaptation",
+    "fuse_title_and_image",
+    "masked_mean_pool",
+]

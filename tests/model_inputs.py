@@ -25,7 +25,9 @@ def tiny_config(preset: str = "make-tiny", **overrides) -> MakeConfig:
     return MakeConfig.from_preset(preset, size=TINY_SIZE, **overrides)
 
 
-def random_batch(config: MakeConfig, batch_size: int = 6, seed: int = 0, query_length: int = 8, title_length: int = 20):
+def random_batch(
+    config: MakeConfig, batch_size: int = 6, seed: int = 0, query_length: int = 8, title_length: int = 20
+) -> dict:
     """
     A full training batch: queries, titles, images, keywords, term ids and product ids.
 

@@ -1,4 +1,4 @@
-"""Two gloo processes give the gradients of one process on the concatenated batch (gather with gradient, local loss)."""
+"""Two gloo processes give the gradients of one process on the concatenated batch (gathers with gradient)."""
 
 import datetime
 import os

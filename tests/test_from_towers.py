@@ -71,7 +71,9 @@ def test_shared_encoder_and_config_towers(minilm_path):
     model = MakeModel.from_towers(query=minilm_path, vision=ViTConfig(**TINY_VIT), share_text_encoder=True)
     assert model.title_model is None and model.config.title_config is None
     with pytest.raises(ValueError, match="`title` must be omitted"):
-        MakeModel.from_towers(query=minilm_path, title=minilm_path, vision=ViTConfig(**TINY_VIT), share_text_encoder=True)
+        MakeModel.from_towers(
+            query=minilm_path, title=minilm_path, vision=ViTConfig(**TINY_VIT), share_text_encoder=True
+        )
     with pytest.raises(ValueError, match="`vision` is required"):
         MakeModel.from_towers(query=minilm_path)
 

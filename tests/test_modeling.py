@@ -88,8 +88,9 @@ def test_missing_modality_gets_exactly_the_other_embedding():
         changed["title_input_ids"][0] = 7
         torch.testing.assert_close(model(**changed).product_embeds[0], output.product_embeds[0], rtol=0, atol=0)
 
-        title_only, title_weights = model.get_product_features(batch["title_input_ids"], batch["title_attention_mask"])
-        assert torch.equal(title_only[1:], model.get_title_features(batch["title_input_ids"], batch["title_attention_mask"])[1:])
+        titles = (batch["title_input_ids"], batch["title_attention_mask"])
+        title_only, title_weights = model.get_product_features(*titles)
+        assert torch.equal(title_only[1:], model.get_title_features(*titles)[1:])
         assert title_weights[1:].tolist() == [[1.0, 0.0]] * 5
         # Row 0 has neither a title nor (here) an image: zero embedding, zero weights.
         assert not title_only[0].any() and not title_weights[0].any()
@@ -119,7 +120,9 @@ def test_modal_adaptation_learns_which_modality_decides():
     generator = torch.Generator().manual_seed(0)
     query_ids = torch.tensor([[2, 10 + i, 3] for i in range(num_products)])
     same_title = [2, 500, 501, 502, 3]
-    title_ids = torch.tensor([same_title if i < half else [2, 600 + i, 700 + i, 800 + i, 3] for i in range(num_products)])
+    title_ids = torch.tensor(
+        [same_title if i < half else [2, 600 + i, 700 + i, 800 + i, 3] for i in range(num_products)]
+    )
     same_image = torch.randn(3, 32, 32, generator=generator)
     images = torch.stack(
         [torch.randn(3, 32, 32, generator=generator) if i < half else same_image for i in range(num_products)]
@@ -161,7 +164,9 @@ def test_duplicated_product_id_gives_the_multi_positive_loss():
         output = model(**batch)
     ids = batch["product_ids"].tolist()
     positives = [[ids[i] == ids[j] for j in range(6)] for i in range(6)]
-    expected = (_hand_info_nce(output.logits_per_query, positives) + _hand_info_nce(output.logits_per_product, positives)) / 2
+    expected = (
+        _hand_info_nce(output.logits_per_query, positives) + _hand_info_nce(output.logits_per_product, positives)
+    ) / 2
     assert output.query_product_loss.item() == pytest.approx(expected, rel=1e-5)
 
     # Unique ids and no ids at all are the same: each row's only positive is itself.
@@ -197,7 +202,8 @@ def test_false_negative_masking_removes_exactly_the_covering_products():
     assert output.masked_negatives.item() == pytest.approx(len(removed) / 6)
     positives = [[ids[i] == ids[j] for j in range(6)] for i in range(6)]
     expected = (
-        _hand_info_nce(output.logits_per_query, positives, removed) + _hand_info_nce(output.logits_per_product, positives)
+        _hand_info_nce(output.logits_per_query, positives, removed)
+        + _hand_info_nce(output.logits_per_product, positives)
     ) / 2
     assert output.query_product_loss.item() == pytest.approx(expected, rel=1e-5)
 

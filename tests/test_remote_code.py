@@ -62,7 +62,10 @@ def test_trust_remote_code_in_a_process_without_make_hf(tmp_path):
     model_dir, without_code_dir = tmp_path / "model", tmp_path / "without_code"
     model.save_pretrained(model_dir)
     config = json.loads((model_dir / "config.json").read_text())
-    assert config["auto_map"] == {"AutoConfig": "configuration_make.MakeConfig", "AutoModel": "modeling_make.MakeModel"}
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_make.MakeConfig",
+        "AutoModel": "modeling_make.MakeModel",
+    }
     assert {"configuration_make.py", "modeling_make.py", "losses.py"} <= set(os.listdir(model_dir))
     shutil.copytree(model_dir, without_code_dir, ignore=shutil.ignore_patterns("*.py"))
 
