@@ -180,7 +180,7 @@ def main(argv=None) -> dict:
 
     def measure(name: str, params: str, index: ProductIndex, build_seconds: float, bytes_per_product: float,
                 **search_params) -> None:
-        index._apply_search_params(search_params.get("ef_search"), search_params.get("nprobe"))
+        index.set_search_params(**search_params)
         seconds, (_, found) = best_time(lambda: index.search_rows(queries, k))
         latency = single_query_latency_ms(lambda q: index.search_rows(q, k), queries, args.latency_queries)
         rows.append({"method": name, "params": params, "recall": tie_aware_recall(found, queries, products, kth_exact),

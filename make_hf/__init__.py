@@ -10,6 +10,8 @@ from .image_utils import load_image, load_images
 from .keywords import KeywordExtractor, hash_term
 from .processing_make import MakeProcessor
 from .tokenization import train_tokenizer
+from .evaluation import evaluate_retrieval
+from .index import ProductIndex
 
 AutoConfig.register("make", MakeConfig, exist_ok=True)
 AutoModel.register(MakeConfig, MakeModel, exist_ok=True)
@@ -29,4 +31,6 @@ __all__ = [
     "load_images",
     "train_tokenizer",
     "PRESET_NAMES",
+    "ProductIndex",
+    "evaluate_retrieval",
 ]

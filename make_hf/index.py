@@ -154,7 +154,7 @@ class ProductIndex:
         self.params = dict(params or {})
         self.metadata = dict(metadata or {})
         self.product_ids = _check_ids(product_ids, index.ntotal)
-        self._apply_search_params(self.params.get("ef_search"), self.params.get("nprobe"))
+        self.set_search_params(self.params.get("ef_search"), self.params.get("nprobe"))
 
     @classmethod
     def build(
@@ -244,7 +244,9 @@ class ProductIndex:
         params = ", ".join(f"{k}={v}" for k, v in self.params.items())
         return f"ProductIndex(kind={self.kind!r}, num_products={len(self)}, dim={self.dim}{', ' + params if params else ''})"
 
-    def _apply_search_params(self, ef_search: int | None, nprobe: int | None) -> None:
+    def set_search_params(self, ef_search: int | None = None, nprobe: int | None = None) -> None:
+        """Set the HNSW search beam width (`ef_search`) or the IVF-PQ probes (`nprobe`) for later searches; both
+        are saved with the index. Larger values: higher recall, slower search."""
         if ef_search is not None:
             if self.kind != "hnsw":
                 raise ValueError(f"`ef_search` applies to kind='hnsw' only; this index is {self.kind!r}.")
@@ -294,7 +296,7 @@ class ProductIndex:
             array (num_queries, min(k, len(self))) of inner products. When an approximate index finds fewer
             than `k` products for a query, the missing places hold id `None` and score `-inf`.
         """
-        self._apply_search_params(ef_search, nprobe)
+        self.set_search_params(ef_search, nprobe)
         scores, rows = self.search_rows(query_embeds, k)
         scores = np.where(rows >= 0, scores, -np.inf).astype(np.float32)
         ids = [[self.product_ids[r] if r >= 0 else None for r in row] for row in rows.tolist()]

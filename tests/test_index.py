@@ -80,14 +80,20 @@ def test_ivfpq_build_is_reproducible(catalogue):
     np.testing.assert_array_equal(first.search(queries, 5)[1], second.search(queries, 5)[1])
 
 
-def test_search_parameters_and_single_query(catalogue):
+def test_search_parameters_persist_and_single_query(tmp_path, catalogue):
     vectors, queries, ids = catalogue
     index = ProductIndex.build(vectors, ids, kind="hnsw", **BUILD_ARGS["hnsw"])
     found, scores = index.search(queries[0], k=3, ef_search=16)  # a single (dim,) vector
     assert len(found) == 1 and scores.shape == (1, 3)
     assert index.params["ef_search"] == 16 and index.faiss_index.hnsw.efSearch == 16
+    assert ProductIndex.load(index.save(tmp_path / "hnsw")).faiss_index.hnsw.efSearch == 16
     with pytest.raises(ValueError, match="`nprobe` applies to kind='ivfpq' only"):
         index.search(queries, nprobe=4)
+    ivfpq = ProductIndex.build(vectors, ids, kind="ivfpq", **BUILD_ARGS["ivfpq"])
+    ivfpq.set_search_params(nprobe=3)
+    assert ProductIndex.load(ivfpq.save(tmp_path / "ivfpq")).faiss_index.nprobe == 3
+    with pytest.raises(ValueError, match="between 1 and nlist=8, got 9"):
+        ivfpq.set_search_params(nprobe=9)
 
 
 def test_k_larger_than_catalogue_and_missing_results(catalogue):
