@@ -249,14 +249,16 @@ def metric_groups(evaluation: Mapping | str | os.PathLike) -> list[tuple[tuple[s
     """The groups of retrieval metrics in an evaluation result, in reading order.
 
     Args:
-        evaluation: the evaluation's JSON (a mapping, or the path of a JSON file). Any nesting of mappings; a
-            mapping with metric keys (`recall@k`, `mrr@k`, `ndcg@k`, case-insensitive, an optional prefix such as
-            `eval_`) is a group.
+        evaluation: the evaluation's JSON (a mapping, or the path of a JSON file), e.g. the result of
+            `make_hf.evaluation.evaluate_retrieval` (`{"title+image": {"overall": {...}, "by_bucket": {"seen":
+            {...}}}, "title": {...}}`). Any nesting of mappings; a mapping with metric keys (`recall@k`, `mrr@k`,
+            `ndcg@k`, case-insensitive, an optional prefix such as `eval_`) is a group.
 
     Returns:
         `[(path, {"recall@1": 0.8, ..., "mrr@10": ..., "ndcg@10": ...})]`: `path` is the tuple of keys leading to the
-        group (empty for top-level metrics); metric names are normalised to lower case `name@k` and ordered
-        recall (by k), MRR, NDCG.
+        group (empty for top-level metrics), with an `overall` level dropped and a `by_<name>: {<label>: ...}`
+        breakdown named `<name>=<label>` (`("title+image", "bucket=seen")`); metric names are normalised to lower
+        case `name@k` and ordered recall (by k), MRR, NDCG.
 
     Raises:
         ValueError: the JSON holds no metric at all, or a metric value is not a finite number.
@@ -280,8 +282,17 @@ def metric_groups(evaluation: Mapping | str | os.PathLike) -> list[tuple[tuple[s
             ordered = sorted(metrics, key=lambda part: (_METRIC_ORDER[part[0]], part[1]))
             groups.append((path, {f"{name}@{k}": metrics[(name, k)] for name, k in ordered}))
         for key, value in node.items():
-            if isinstance(value, Mapping):
-                visit(value, (*path, str(key)))
+            if not isinstance(value, Mapping):
+                continue
+            key = str(key)
+            if key == "overall":  # make_hf.evaluation: a condition's metrics over all its queries
+                visit(value, path)
+            elif key.startswith("by_"):  # a breakdown: {"by_bucket": {"seen": {...}}} -> "bucket=seen"
+                for label, sub in value.items():
+                    if isinstance(sub, Mapping):
+                        visit(sub, (*path, f"{key[3:]}={label}"))
+            else:
+                visit(value, (*path, key))
 
     visit(evaluation, ())
     if not groups:
@@ -324,16 +335,43 @@ def eval_results_from_groups(
     return results
 
 
+def is_breakdown(path: tuple[str, ...]) -> bool:
+    """Whether a group is a breakdown of a condition (by query bucket, category group, ...), not its headline."""
+    return any("=" in part for part in path)
+
+
 def _evaluation_tables(groups) -> list[dict]:
+    """One table per condition (first path element; a single table when the groups are not nested)."""
     columns = []
     for _, metrics in groups:
         columns.extend(metric for metric in metrics if metric not in columns)
     columns.sort(key=lambda metric: (_METRIC_ORDER[metric.split("@")[0]], int(metric.split("@")[1])))
-    rows = []
+    header = [_pretty_metric(column) for column in columns]
+    nested = all(path for path, _ in groups)
+    tables: dict[str, list] = {}
     for path, metrics in groups:
-        label = " / ".join(path) if path else "all"
-        rows.append([label] + [f"{metrics[column]:.3f}" if column in metrics else "-" for column in columns])
-    return [{"title": None, "header": ["evaluation"] + [_pretty_metric(column) for column in columns], "rows": rows}]
+        title, rest = (path[0], path[1:]) if nested else ("", path)
+        label = " / ".join(part.replace("=", ": ") for part in rest) or "all queries"
+        tables.setdefault(title, []).append(
+            [label] + [f"{metrics[column]:.3f}" if column in metrics else "-" for column in columns]
+        )
+    return [
+        {"title": f"condition {title}" if title else None, "header": ["queries"] + header, "rows": rows}
+        for title, rows in tables.items()
+    ]
+
+
+def _image_weight_lines(evaluation: Mapping) -> list[str]:
+    """The Modal Adaptation health metric of `make_hf.evaluation`: mean image weight, overall and per group."""
+    lines = []
+    if isinstance(evaluation.get("mean_image_weight"), (int, float)):
+        lines.append(f"all products with a title and an image: {evaluation['mean_image_weight']:.2f}")
+    for key in ("image_weight_by_category_group", "image_weight_by_category"):
+        if isinstance(evaluation.get(key), Mapping):
+            lines.extend(f"{name}: {value:.2f}" for name, value in evaluation[key].items()
+                         if isinstance(value, (int, float)))
+            break
+    return lines
 
 
 # --------------------------------------------------------------------------------------------------- the card
@@ -355,6 +393,7 @@ def generate_model_card(
     language: str | list[str] | None = None,
     base_model: str | list[str] | None = None,
     tags: list[str] | None = None,
+    model_index_breakdowns: bool = False,
     template_path: str | os.PathLike | None = None,
     **template_kwargs,
 ) -> ModelCard:
@@ -377,6 +416,8 @@ def generate_model_card(
         training_args: hyper-parameters to list (name -> value), e.g. the training script's parsed arguments.
         num_parameters: the model's parameter count (`model.num_parameters()`), shown in the details table.
         license, language, base_model, tags: metadata; `tags` are added to the default MAKE tags.
+        model_index_breakdowns: also put the breakdowns (per query bucket, per category group) in the
+            `model-index`; by default it holds each condition's headline numbers, and the card's tables show all.
         template_path: another Jinja template (default: `make_hf/templates/model_card.md`).
         **template_kwargs: overrides of any template variable (`summary`, `training_command`, `requirements`, ...).
 
@@ -388,13 +429,19 @@ def generate_model_card(
     name = model_id or preset or "make-model"
     dataset_type = dataset_id or re.sub(r"[^a-z0-9]+", "-", dataset_name.lower()).strip("-")
 
-    eval_results, tables = None, []
+    eval_results, tables, image_weights, sizes = None, [], [], ""
     if evaluation is not None:
+        if isinstance(evaluation, (str, os.PathLike)):
+            evaluation = _read_json(evaluation, "The evaluation file")
         groups = metric_groups(evaluation)
+        indexed = [group for group in groups if model_index_breakdowns or not is_breakdown(group[0])]
         eval_results = eval_results_from_groups(
-            groups, dataset_name=dataset_name, dataset_type=dataset_type, dataset_split=dataset_split
+            indexed, dataset_name=dataset_name, dataset_type=dataset_type, dataset_split=dataset_split
         )
         tables = _evaluation_tables(groups)
+        image_weights = _image_weight_lines(evaluation)
+        if isinstance(evaluation.get("num_queries"), int) and isinstance(evaluation.get("num_products"), int):
+            sizes = f" ({evaluation['num_queries']:,} queries, {evaluation['num_products']:,} products)"
 
     card_data = ModelCardData(
         library_name=LIBRARY_NAME,
@@ -418,10 +465,11 @@ def generate_model_card(
         "hyperparameters": hyperparameters,
         "evaluation_tables": tables,
         "evaluation_description": (
-            f"Exact search over the `{dataset_name}` catalogue ({dataset_split} split). Conditions: title+image, "
-            "title-only, image-only product vectors (where the run evaluated them); buckets split the queries by "
-            "what their terms were seen in during training."
+            f"Exact search over the `{dataset_name}` {dataset_split} set{sizes}. Conditions: the product vector "
+            "from title+image, the title only, or the image only; buckets split the queries by how their terms "
+            "appeared in training (seen phrasing, new combination of seen terms, a term seen only in titles)."
         ),
+        "image_weights": image_weights,
         "no_results_text": (
             "No evaluation was attached to this card. The pre-training script evaluates the checkpoint at the end "
             "of training (Recall@1/5/10/50, MRR@10, NDCG@10 per condition and query bucket) and writes the numbers "
@@ -495,6 +543,7 @@ __all__ = [
     "TEMPLATE_PATH",
     "eval_results_from_groups",
     "generate_model_card",
+    "is_breakdown",
     "metric_groups",
 ]
 

@@ -2,7 +2,6 @@
 Hub, load it back in fresh processes (online, offline from the cache, and without make_hf through remote code) and
 get exactly the pushed model's outputs; plus the fast, actionable error when the Hub cannot be reached."""
 
-import argparse
 import json
 import os
 import socket
@@ -20,7 +19,8 @@ from PIL import Image
 from hub_server import LoopbackHub
 from hub_worker import REPO_ID, embed
 from make_hf import MakeConfig, MakeModel, MakeProcessor, train_tokenizer
-from make_hf.hub import add_push_arguments, push_to_hub, remote_code_additions, run_push
+from make_hf.cli import main as cli_main
+from make_hf.hub import push_to_hub, remote_code_additions
 from make_hf.hub_access import HubUnreachableError, hub_access, is_cached
 
 TESTS = Path(__file__).resolve().parent
@@ -151,19 +151,19 @@ def test_push_then_load_online_offline_and_as_remote_code(hub, pushed, tmp_path)
     assert all(module.startswith("transformers_modules.") for module in remote["info"]["auto_classes"])
 
 
-def test_push_a_folder_from_the_command_line(hub, tmp_path):
+def test_push_a_folder_from_the_command_line(hub, tmp_path, capsys):
     folder = tmp_path / "run"
     MakeModel(MakeConfig.from_preset("make-tiny")).save_pretrained(folder)
     (folder / "eval.json").write_text(json.dumps(EVALUATION))
     (folder / ".git").mkdir()
     (folder / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
 
-    parser = add_push_arguments(argparse.ArgumentParser())
-    args = parser.parse_args([
-        str(folder), "org/make-small", "--evaluation", str(folder / "eval.json"), "--preset", "make-small",
+    status = cli_main([
+        "push", str(folder), "org/make-small", "--evaluation", str(folder / "eval.json"), "--preset", "make-small",
         "--endpoint", hub.endpoint,
     ])
-    assert run_push(args) == 0
+    assert status == 0
+    assert capsys.readouterr().out.strip().startswith(f"{hub.endpoint}/org/make-small/commit/")
     files = hub.files("org/make-small")
     assert ".git/HEAD" not in files and "eval.json" in files and "model.safetensors" in files
     card = ModelCard(files["README.md"].decode())  # generated: the folder had none

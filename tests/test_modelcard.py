@@ -12,20 +12,19 @@ from make_hf.modelcard import DEFAULT_TAGS, generate_model_card, metric_groups
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# The shape of an evaluation: conditions, each with its metrics and a breakdown by query bucket.
+# The shape of `make_hf.evaluation.evaluate_retrieval`'s result: per condition, the overall metrics and breakdowns.
 EVALUATION = {
+    "num_products": 160,
+    "num_queries": 400,
     "title+image": {
-        "recall@1": 0.891,
-        "recall@5": 0.95,
-        "recall@10": 0.975,
-        "recall@50": 1.0,
-        "mrr@10": 0.921,
-        "ndcg@10": 0.934,
-        "num_queries": 400,
-        "buckets": {"seen": {"recall@1": 0.93, "recall@10": 0.99}, "title-only term": {"recall@1": 0.67}},
+        "overall": {"recall@1": 0.891, "recall@5": 0.95, "recall@10": 0.975, "recall@50": 1.0, "mrr@10": 0.921,
+                    "ndcg@10": 0.934, "num_queries": 400},
+        "by_bucket": {"seen": {"recall@1": 0.93, "recall@10": 0.99}, "title_only_term": {"recall@1": 0.67}},
+        "num_retrievable_products": 160,
     },
-    "title-only": {"Recall@1": 0.70, "recall@10": 0.90, "eval_mrr@10": 0.75},
-    "modal_weights": {"image-decided": 0.9, "title-decided": 0.07},
+    "title": {"overall": {"Recall@1": 0.70, "recall@10": 0.90, "eval_mrr@10": 0.75}},
+    "mean_image_weight": 0.53,
+    "image_weight_by_category_group": {"image_decided": 0.9, "title_decided": 0.07},
 }
 
 
@@ -65,10 +64,9 @@ def test_card_parses_and_model_index_carries_the_recall(tmp_path):
     assert found[("title+image", "recall@1")] == pytest.approx(0.891)
     assert found[("title+image", "recall@50")] == pytest.approx(1.0)
     assert found[("title+image", "ndcg@10")] == pytest.approx(0.934)
-    assert found[("title+image/buckets/title-only term", "recall@1")] == pytest.approx(0.67)
-    assert found[("title-only", "recall@1")] == pytest.approx(0.70)  # key case normalised
-    assert found[("title-only", "mrr@10")] == pytest.approx(0.75)  # prefix dropped
-    assert not any(config == "modal_weights" for config, _ in found)  # not retrieval metrics
+    assert found[("title", "recall@1")] == pytest.approx(0.70)  # key case normalised
+    assert found[("title", "mrr@10")] == pytest.approx(0.75)  # prefix dropped
+    assert len(found) == 9  # headline numbers only: breakdowns and image weights stay in the body
     assert all(result.task_type == "information-retrieval" for result in data.eval_results)
     assert all(result.dataset_split == "test" for result in data.eval_results)
 
@@ -77,11 +75,21 @@ def test_card_parses_and_model_index_carries_the_recall(tmp_path):
     assert model_name == "org/make-tiny" and len(results) == len(data.eval_results)
 
     # The body tells the same numbers and the run's settings.
-    assert "| title+image | 0.891 | 0.950 | 0.975 | 1.000 | 0.921 | 0.934 |" in loaded.text
+    assert "**condition title+image**" in loaded.text
+    assert "| all queries | 0.891 | 0.950 | 0.975 | 1.000 | 0.921 | 0.934 |" in loaded.text
+    assert "| bucket: title_only_term | 0.670 | - | - | - | - | - |" in loaded.text
+    assert "400 queries, 160 products" in loaded.text
+    assert "image_decided: 0.90; title_decided: 0.07" in loaded.text
     assert "| max_steps | 300 |" in loaded.text
     assert "bert, 2 layers, hidden 32" in loaded.text
     assert "123,456" in loaded.text
     assert 'MakeModel.from_pretrained("org/make-tiny")' in loaded.text
+
+
+def test_breakdowns_can_go_into_the_model_index(tmp_path):
+    card = generate_model_card(MakeConfig.from_preset("make-tiny"), EVALUATION, model_index_breakdowns=True)
+    configs = {result.dataset_config for result in _reload(card, tmp_path).data.eval_results}
+    assert configs == {"title+image", "title+image/bucket=seen", "title+image/bucket=title_only_term", "title"}
 
 
 def test_card_from_a_saved_config_without_evaluation(tmp_path):
@@ -115,13 +123,17 @@ def test_published_cards_parse(name):
 def test_metric_groups_reads_nesting_in_order():
     groups = metric_groups({"ndcg@10": 0.5, "recall@5": 0.4, "recall@1": 0.3, "a": {"b": {"mrr@10": 0.2}}})
     assert groups == [((), {"recall@1": 0.3, "recall@5": 0.4, "ndcg@10": 0.5}), (("a", "b"), {"mrr@10": 0.2})]
+    groups = metric_groups(EVALUATION)
+    assert [path for path, _ in groups] == [
+        ("title+image",), ("title+image", "bucket=seen"), ("title+image", "bucket=title_only_term"), ("title",),
+    ]
 
 
 @pytest.mark.parametrize(
     "evaluation, message",
     [
         ({"loss": 0.3, "conditions": {"steps": 10}}, "holds no retrieval metric"),
-        ({"title-only": {"recall@1": float("nan")}}, "'title-only/recall@1' must be a finite number"),
+        ({"title": {"overall": {"recall@1": float("nan")}}}, "'title/recall@1' must be a finite number"),
         ({"recall@1": "high"}, "'recall@1' must be a finite number"),
         ([0.3, 0.4], "must be a JSON object"),
     ],
