@@ -89,14 +89,17 @@ PRESET_NOTES: dict[str, dict[str, str]] = {
         "training_description": (
             "Train on (user query, clicked or bought product title, product image) triples from search logs: a "
             "JSONL/CSV/Parquet file with `query`, `title`, `image` (path relative to the file) and `product_id` "
-            "columns, an image folder, or any `datasets` dataset. Start the towers from pretrained checkpoints when "
-            "you have them (`MakeModel.from_towers(query=..., title=..., vision=...)`, e.g. a BERT-base text "
-            "encoder in your shop's language and a ViT-B/16), or from scratch with a tokenizer trained on your "
-            "titles. Several GPUs, mixed precision and gradient accumulation are flags of the same script:"
+            "columns, a folder saved with `datasets`, or a Hub dataset. Start the towers from pretrained checkpoints "
+            "when you have them (`--init_from_towers TEXT VISION`, i.e. `MakeModel.from_towers`: a BERT-base text "
+            "encoder in your shop's language and a ViT-B/16; the ids below are examples), or from scratch with a "
+            "tokenizer trained on your titles (drop `--init_from_towers`). Several GPUs, mixed precision and "
+            "gradient accumulation are flags of the same script:"
         ),
         "training_command": (
             "accelerate launch --multi_gpu --num_processes 8 --mixed_precision bf16 examples/pretrain.py \\\n"
-            "    --preset make-base --train_file logs/train.jsonl --eval_file logs/eval.jsonl \\\n"
+            "    --model make-base --dataset logs/train.jsonl --output_dir outputs/make-base \\\n"
+            "    --init_from_towers bert-base-uncased google/vit-base-patch16-224-in21k \\\n"
+            "    --per_device_train_batch_size 256 --max_train_steps 100000 \\\n"
             "    --push_to_hub --hub_model_id org/make-base"
         ),
         "requirements": (
