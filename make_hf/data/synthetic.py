@@ -1,6 +1,6 @@
 """The synthetic shop: a deterministic, download-free product search set on which each MAKE mechanism must matter.
 
-`make_synthetic_shop(num_products=1600, seed=0)` returns a `datasets.DatasetDict` with
+`make_synthetic_shop(num_products=3200, seed=0)` returns a `datasets.DatasetDict` with
 
 - `train`: training rows `query`, `title`, `image`, `product_id`, `category`, `category_group` (several queries
   per product; the same query string can point at several products, as in a search log);
@@ -10,9 +10,12 @@
 - `validation_queries` / `test_queries`: `query`, `relevant_ids` (every product of the split that matches the
   query, often several), `bucket`, `category`, `category_group`.
 
-Products are split train / validation / test (80 / 10 / 10 by default) by product and evenly across categories;
-an evaluation split's queries are only judged against that split's products. Images are small PNGs drawn with
-PIL (64 px by default), built once and stored as encoded bytes, so the whole default shop takes a few seconds.
+Products are split train / validation / test (50 / 25 / 25 by default) by product and evenly across categories;
+an evaluation split's queries are only judged against that split's products. The evaluation catalogues are
+large on purpose: with 16 categories, a catalogue of 160 products has 10 per category, and Recall@10 would only
+test whether the model knows the category. The default has 50 per category (800 per split), so the top 10 must
+get colour, pattern, brand, material or size right. Images are small PNGs drawn with PIL (64 px by default),
+built once and stored as encoded bytes; the whole default shop takes a few seconds to build.
 
 What it is built to test
 ------------------------
@@ -58,7 +61,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from PIL import Image, ImageChops, ImageDraw, ImageFilter
+from PIL import Image, ImageChops, ImageDraw
 
 import datasets
 
@@ -482,7 +485,10 @@ def draw_product_image(
     canvas = Image.new("RGB", (size, size), background)
     mask = _draw_mask(shape, size, scale, dx, dy)
     canvas.paste(_texture(size, colour, pattern, rng), mask=mask)
-    outline = ImageChops.subtract(mask.filter(ImageFilter.MaxFilter(3)), mask)
+    dilated = mask
+    for dx_, dy_ in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+        dilated = ImageChops.lighter(dilated, ImageChops.offset(mask, dx_, dy_))
+    outline = ImageChops.subtract(dilated, mask)
     canvas.paste(tuple(int(c * 0.5) for c in colour), mask=outline)
     if size != image_size:
         canvas = canvas.resize((image_size, image_size), Image.Resampling.LANCZOS)
@@ -592,19 +598,20 @@ def _matches(product: _Product, constraints: Sequence[tuple[str, str]]) -> bool:
 
 
 def make_synthetic_shop(
-    num_products: int = 1600,
+    num_products: int = 3200,
     *,
     queries_per_product: int = 5,
     eval_queries_per_product: int = 3,
     image_size: int = 64,
-    split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    split_fractions: Sequence[float] = (0.5, 0.25, 0.25),
     seed: int = 0,
 ) -> datasets.DatasetDict:
     """Build the synthetic shop (see the module docstring for what it contains and why).
 
     Args:
         num_products: catalogue size, spread evenly over the 16 categories (at least 3, so that every split has
-            a product). The default, 1600, gives about 6,400 training rows and ~160 products per evaluation split.
+            a product). The default, 3200, gives about 8,000 training rows (1,600 products) and 800 products with
+            about 1,900 queries per evaluation split.
         queries_per_product: distinct training queries drawn per training product (fewer when the product's
             allowed templates cannot produce that many distinct strings).
         eval_queries_per_product: queries drawn per validation/test product before de-duplication; identical
@@ -659,6 +666,9 @@ def make_synthetic_shop(
             for query in _evaluation_queries(rng, product, eval_queries_per_product):
                 if query.text not in seen:
                     seen[query.text] = query
+        by_category: dict[str, list[_Product]] = {}
+        for product in split_products:
+            by_category.setdefault(product.category.name, []).append(product)
         rows: dict[str, list] = {k: [] for k in query_features}
         for text, query in seen.items():
             bucket = _bucket(text, train_queries, train_query_terms, train_title_terms)
@@ -667,7 +677,8 @@ def make_synthetic_shop(
             group = IMAGE_DECIDED if any(c.name == query.category and c.group == IMAGE_DECIDED
                                          for c in CATEGORIES) else TITLE_DECIDED
             rows["query"].append(text)
-            rows["relevant_ids"].append([p.product_id for p in split_products if _matches(p, query.constraints)])
+            candidates = by_category[query.category]
+            rows["relevant_ids"].append([p.product_id for p in candidates if _matches(p, query.constraints)])
             rows["bucket"].append(bucket)
             rows["category"].append(query.category)
             rows["category_group"].append(group)
