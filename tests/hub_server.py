@@ -4,8 +4,9 @@ It speaks just enough of the Hub's HTTP API for `huggingface_hub` (2.x) and `tra
 and load it back, with `HF_ENDPOINT` pointing at it:
 
 - upload: `POST /api/repos/create`, `POST /api/validate-yaml`, `POST /api/{type}s/{repo}/preupload/{rev}` (every file
-  is answered `uploadMode: "regular"`, so no LFS or Xet storage is involved) and `POST /api/{type}s/{repo}/commit/{rev}`
-  (an NDJSON stream: a header line, then `file` lines with base64 content, `deletedFile` / `deletedFolder` lines);
+  is answered `uploadMode: "regular"`, so no LFS or Xet storage is involved) and
+  `POST /api/{type}s/{repo}/commit/{rev}` (an NDJSON stream: a header line, then `file` lines with base64
+  content, `deletedFile` / `deletedFolder` lines);
 - metadata: `GET /api/{type}s/{repo}` and `.../revision/{rev}` (repo info with `sha` and `siblings`),
   `GET .../tree/{rev}[/{path}]` (file listing);
 - download: `HEAD` / `GET /[{type}s/]{repo}/resolve/{rev}/{path}` with the headers `huggingface_hub` relies on to
@@ -37,7 +38,9 @@ def git_blob_id(content: bytes) -> str:
 
 
 # The Hub seeds every new repo with a commit holding this file.
-INITIAL_GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n"
+INITIAL_GITATTRIBUTES = (
+    b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n"
+)
 
 
 @dataclass
@@ -71,7 +74,9 @@ class HubError(Exception):
         self.body = {"error": message, **(body or {})}
 
 
-_API_REPO = re.compile(r"^/api/(models|datasets|spaces)/([^/]+/[^/]+)(?:/(preupload|commit|revision|tree)/([^/]+)(/.*)?)?$")
+_API_REPO = re.compile(
+    r"^/api/(models|datasets|spaces)/([^/]+/[^/]+)(?:/(preupload|commit|revision|tree)/([^/]+)(/.*)?)?$"
+)
 _RESOLVE = re.compile(r"^/(?:(datasets|spaces)/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
 
 
@@ -128,7 +133,10 @@ class LoopbackHub:
         with self._lock:
             if (repo_type, repo_id) in self.repos:
                 # The Hub's conflict answer still carries the repo URL, which `create_repo(exist_ok=True)` returns.
-                raise HubError(409, None, f"You already created this {repo_type} repo", body={"url": self.repo_url(repo_id, repo_type)})
+                raise HubError(
+                    409, None, f"You already created this {repo_type} repo",
+                    body={"url": self.repo_url(repo_id, repo_type)},
+                )
             repo = Repo(repo_id=repo_id, repo_type=repo_type, private=private)
             first = self._new_commit(repo, {".gitattributes": INITIAL_GITATTRIBUTES}, "initial commit", None)
             repo.branches["main"] = first.oid
@@ -215,11 +223,12 @@ def _make_handler(hub: LoopbackHub):
                     self.rfile.readline()
             return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-        def _send(self, status: int, body: bytes = b"", headers: dict | None = None, content_length: int | None = None):
+        def _send(self, status: int, body: bytes = b"", headers: dict | None = None):
             self.send_response(status)
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
-            self.send_header("Content-Length", str(len(body) if content_length is None else content_length))
+            # For HEAD too: the length of the body a GET would send (huggingface_hub reads the file size from it).
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(body)
@@ -274,7 +283,8 @@ def _make_handler(hub: LoopbackHub):
             match = _RESOLVE.match(path)
             if match is not None and self.command in ("GET", "HEAD"):
                 type_prefix, repo_id, revision, filename = match.groups()
-                return self._resolve(hub.repo(repo_id, (type_prefix or "models")[:-1]), unquote(revision), unquote(filename))
+                repo = hub.repo(repo_id, (type_prefix or "models")[:-1])
+                return self._resolve(repo, unquote(revision), unquote(filename))
             raise HubError(404, None, f"The loopback hub does not serve {self.command} {path}")
 
         def _create_repo(self, payload: dict):
