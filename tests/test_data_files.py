@@ -205,3 +205,20 @@ def test_skipped_rows_count_a_row_once_and_gather_in_one_process():
     with pytest.raises(ValueError, match="reason='bad'"):
         report.add(1, "bad")
     assert SkippedRows().report() == "No rows were skipped."
+
+
+def test_gather_merges_the_reports_of_all_processes(monkeypatch):
+    import accelerate.utils
+
+    local = SkippedRows()
+    local.add(1, "missing_image", source="train.jsonl")
+    other = SkippedRows()
+    other.add(1, "missing_image", source="train.jsonl")  # every process checked the same file
+    other.add(5, "empty_query", source="train.jsonl")
+    monkeypatch.setattr(accelerate.utils, "gather_object", lambda objects: objects + [other.summary()])
+
+    class TwoProcesses:
+        num_processes = 2
+
+    merged = local.gather(TwoProcesses())
+    assert [(r.index, r.reason) for r in merged] == [(1, "missing_image"), (5, "empty_query")]

@@ -83,7 +83,8 @@ class MakeCollator:
         index = row.get(SOURCE_ROW_COLUMN)
         if index is None:
             product = row.get(self.product_id_column)
-            detail = f"product {product!r}: {detail}" if product is not None else f"batch position {position}: {detail}"
+            where = f"product {product!r}" if product is not None else f"batch position {position}"
+            detail = f"{where}: {detail}"
         self.skipped_rows.add(index, reason, detail, source=self.source)
         logger.warning("Dropped a training row (%s, row %s): %s", reason, "?" if index is None else index, detail)
 

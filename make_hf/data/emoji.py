@@ -163,7 +163,9 @@ def _normalise_hexcode(hexcode: str) -> str:
     return "-".join(part for part in hexcode.lower().split("-") if part != "fe0f")
 
 
-def _read_emojibase(path: Path, languages: Sequence[str]) -> tuple[dict[str, list[dict]], dict[int, str], dict[int, str]]:
+def _read_emojibase(
+    path: Path, languages: Sequence[str]
+) -> tuple[dict[str, list[dict]], dict[int, str], dict[int, str]]:
     wanted = {f"package/{language}/data.json": language for language in languages}
     wanted["package/en/messages.json"] = "messages"
     found: dict[str, object] = {}

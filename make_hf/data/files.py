@@ -6,8 +6,9 @@ arguments. Image paths relative to a data file are resolved against the file's f
 
 A JSONL file, one triple per line (`image` may also be omitted or null for a product without a picture):
 
-    {"query": "red sneakers", "title": "2024 new breathable running shoes red", "image": "images/123.jpg", "product_id": "123"}
-    {"query": "usb c charger", "title": "65w gan fast charger usb c", "image": "images/456.jpg", "product_id": "456"}
+    {"query": "red sneakers", "title": "2024 new running shoes red mesh", "image": "img/1.jpg", "product_id": "1"}
+    {"query": "usb c charger", "title": "65w gan fast charger usb c", "image": "img/2.jpg", "product_id": "2"}
+    {"query": "phone charger", "title": "65w gan fast charger usb c", "image": "img/2.jpg", "product_id": "2"}
 
 Validation happens here, once, before training: every row's query, product id and image are checked (images are
 decoded with `make_hf.image_utils.load_image`). Rows with an empty query, a missing or corrupt image, neither

@@ -332,7 +332,8 @@ def _training_queries(rng: random.Random, seed: int, product: _Product, count: i
     allowed = [
         (attributes, name_category, weight)
         for attributes, name_category, weight in _templates(product)
-        if not any(getattr(product, a) in reserved for a in attributes) and not _held_out_pair(seed, product, attributes)
+        if not any(getattr(product, a) in reserved for a in attributes)
+        and not _held_out_pair(seed, product, attributes)
     ]
     queries: list[str] = []
     for _ in range(4 * count):
