@@ -350,7 +350,9 @@ class MakeModel(MakePreTrainedModel):
         self.post_init()
 
     # ------------------------------------------------------------------------------------------------ encoders
-    def _encode_text(self, tower, projection, input_ids, attention_mask, project=True, normalize=True):
+    def _encode_text(
+        self, tower, projection, input_ids, attention_mask, token_type_ids=None, project=True, normalize=True
+    ):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         empty = attention_mask.sum(dim=-1) == 0
@@ -359,7 +361,10 @@ class MakeModel(MakePreTrainedModel):
             # to its first position instead. Callers drop such rows through the modality masks.
             attention_mask = attention_mask.clone()
             attention_mask[empty, 0] = 1
-        hidden_states = tower(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).last_hidden_state
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        hidden_states = tower(
+            input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **extra
+        ).last_hidden_state
         if self.config.text_pooling == "mean":
             pooled = masked_mean_pool(hidden_states, attention_mask)
         else:
@@ -373,6 +378,7 @@ class MakeModel(MakePreTrainedModel):
         self,
         input_ids: torch.LongTensor,
         attention_mask: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
         project: bool = True,
         normalize: bool = True,
     ) -> torch.FloatTensor:
@@ -381,6 +387,8 @@ class MakeModel(MakePreTrainedModel):
 
         Args:
             input_ids, attention_mask (`torch.LongTensor` of shape `(B, L)`): tokenised queries.
+            token_type_ids (`torch.LongTensor` of shape `(B, L)`, *optional*): passed to the encoder when given, so
+                that a tokenizer's output can be unpacked directly (`**tokenizer(texts, return_tensors="pt")`).
             project (`bool`, defaults to `True`): `False` returns the pooled encoder output `(B, hidden_size)`,
                 before the projection (and not normalised).
             normalize (`bool`, defaults to `True`): L2-normalise the projected embedding.
@@ -389,19 +397,23 @@ class MakeModel(MakePreTrainedModel):
             `torch.FloatTensor` of shape `(B, projection_dim)`.
         """
         return self._encode_text(
-            self.query_model, self.query_projection, input_ids, attention_mask, project, normalize
+            self.query_model, self.query_projection, input_ids, attention_mask, token_type_ids, project, normalize
         )
 
     def get_keyword_features(
-        self, input_ids: torch.LongTensor, attention_mask: torch.LongTensor | None = None
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
     ) -> torch.FloatTensor:
         """Encode keyword strings with the query encoder (Keyword Enhancement); same as `get_query_features`."""
-        return self.get_query_features(input_ids, attention_mask)
+        return self.get_query_features(input_ids, attention_mask, token_type_ids)
 
     def get_title_features(
         self,
         input_ids: torch.LongTensor,
         attention_mask: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
         project: bool = True,
         normalize: bool = True,
     ) -> torch.FloatTensor:
@@ -411,9 +423,9 @@ class MakeModel(MakePreTrainedModel):
         Arguments and output as in [`~MakeModel.get_query_features`].
         """
         if self.title_model is None:
-            return self.get_query_features(input_ids, attention_mask, project, normalize)
+            return self.get_query_features(input_ids, attention_mask, token_type_ids, project, normalize)
         return self._encode_text(
-            self.title_model, self.title_projection, input_ids, attention_mask, project, normalize
+            self.title_model, self.title_projection, input_ids, attention_mask, token_type_ids, project, normalize
         )
 
     def get_image_features(

@@ -33,7 +33,8 @@ def test_query_tower_is_minilm(minilm_path, minilm_model):
     tokenizer = BertTokenizer.from_pretrained(minilm_path)
     inputs = tokenizer(TEXTS, padding=True, return_tensors="pt")
     with torch.no_grad():
-        pooled = minilm_model.get_query_features(inputs["input_ids"], inputs["attention_mask"], project=False)
+        # A tokenizer's output (with token_type_ids) unpacks straight into the feature method.
+        pooled = minilm_model.get_query_features(**inputs, project=False)
         expected = reference.encode(TEXTS, convert_to_tensor=True, normalize_embeddings=True)
     # The sentence-transformers pipeline is BERT -> mean pooling -> L2 normalisation.
     assert pooled.shape == (2, 384)
