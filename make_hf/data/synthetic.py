@@ -23,9 +23,12 @@ Sixteen categories in two groups (`category_group`):
 
 - **image_decided** (t-shirt, dress, sneakers, mug, cushion, umbrella, backpack, vase): products differ only in
   colour and pattern, which only the picture shows. Every title of the category states the same brand,
-  material and size; titles never name a colour or a pattern. Queries ask for colour and/or pattern
-  ("red striped tee"), so only the image can rank the right products first. Modal Adaptation should lean on
-  the image here.
+  material and size, plus, as sellers do, a list of 2-4 colours (and sometimes a pattern) they offer, drawn
+  without looking at the product: a title names colours but never tells which one the pictured product has.
+  Queries ask for colour and/or pattern ("red striped tee"), so only the image can rank the right products
+  first, and a fixed title/image mix is misled by the colour words in titles. Modal Adaptation should lean on
+  the image here; a text encoder shared by queries and titles must read "red" as decisive in a query and as
+  noise in a title.
 - **title_decided** (charger, cable, power bank, batteries, shampoo, vitamins, screws, notebook): products
   differ only in brand, material and size, which only the title states; all images of the category show the
   same object in the same colour (a few pixels of jitter apart). Queries ask for brand, material and size
@@ -509,6 +512,12 @@ def _title(rng: random.Random, product: _Product) -> str:
     category = product.category
     body = list(category.title_words[1:]) + [product.material, product.size]
     body += rng.sample(TITLE_FILLER, rng.randint(3, 7))
+    if category.group == IMAGE_DECIDED:
+        # Sellers list the variants they sell, not the one in the picture: colour (and pattern) words drawn
+        # without looking at the product, so a title names colours but never tells which one this product has.
+        body += rng.sample(list(COLOURS), rng.randint(2, 4))
+        if rng.random() < 0.5:
+            body.append(rng.choice(list(PATTERNS)))
     rng.shuffle(body)
     # Sellers lead with brand and category word, then stuff the rest.
     return " ".join([product.brand, category.title_words[0]] + body)
