@@ -227,7 +227,6 @@ class _Query:
     text: str
     category: str
     constraints: tuple[tuple[str, str], ...]  # (attribute, value) pairs a relevant product must have
-    terms_from_reserved: bool
 
 
 def _stable_int(*parts: object) -> int:
@@ -298,13 +297,11 @@ def _make_query(
     reserved = product.category.title_only_values
     terms: list[str] = []
     typo_candidates: list[int] = []
-    uses_reserved = False
     for attribute in attributes:
         value = getattr(product, attribute)
         if value in reserved:
             # Title-only terms are asked for with the title's own word: the point is that the word was never typed.
             terms.append(value)
-            uses_reserved = True
         else:
             terms.append(_pick_form(rng, _value_forms(attribute, value)))
             typo_candidates.append(len(terms) - 1)
@@ -323,7 +320,7 @@ def _make_query(
             terms[i] = _TYPOS[terms[i]]
     constraints = [("category", product.category.name)]
     constraints += [(attribute, getattr(product, attribute)) for attribute in attributes]
-    return _Query(" ".join(terms), product.category.name, tuple(constraints), uses_reserved)
+    return _Query(" ".join(terms), product.category.name, tuple(constraints))
 
 
 def _templates(product: _Product):
@@ -637,7 +634,7 @@ def make_synthetic_shop(
         raise ValueError(f"num_products={num_products}: the shop needs at least 3 products (one per split).")
     if len(split_fractions) != 3 or any(f < 0 for f in split_fractions) or abs(sum(split_fractions) - 1) > 1e-6:
         raise ValueError(f"split_fractions={tuple(split_fractions)} must be three non-negative numbers summing to 1.")
-    if image_size < 8:
+    if image_size < 16:
         raise ValueError(f"image_size={image_size} is too small to show a pattern; use 16 or more.")
 
     products = _make_products(num_products, seed, image_size)
@@ -684,14 +681,12 @@ def make_synthetic_shop(
             bucket = _bucket(text, train_queries, train_query_terms, train_title_terms)
             if bucket is None:
                 continue
-            group = IMAGE_DECIDED if any(c.name == query.category and c.group == IMAGE_DECIDED
-                                         for c in CATEGORIES) else TITLE_DECIDED
-            rows["query"].append(text)
             candidates = by_category[query.category]
+            rows["query"].append(text)
             rows["relevant_ids"].append([p.product_id for p in candidates if _matches(p, query.constraints)])
             rows["bucket"].append(bucket)
             rows["category"].append(query.category)
-            rows["category_group"].append(group)
+            rows["category_group"].append(candidates[0].category.group)
         result[f"{split}_products"] = _products_dataset(split_products, f"{description}: {split} catalogue")
         result[f"{split}_queries"] = _dataset(rows, query_features, f"{description}: {split} queries")
     return datasets.DatasetDict(result)
