@@ -8,6 +8,10 @@ sizes, timed in the same run so that the ratio holds across machines.
     python benchmarks/model_size_and_step.py                       # make-small, batch 64
     python benchmarks/model_size_and_step.py --preset make-tiny --batch_size 16 --steps 3
     python benchmarks/model_size_and_step.py --output outputs/benchmarks/size_and_step.json
+
+On a machine whose cores are busy with other work, time with `--threads 1` (or set `OMP_WAIT_POLICY=PASSIVE`):
+OpenMP threads otherwise spin-wait for a preempted sibling and a step can take several times longer, erratically.
+The JSON keeps the process CPU time and the load average next to the wall-clock time for that reason.
 """
 
 import argparse
@@ -67,15 +71,17 @@ def make_batch(config: MakeConfig, batch_size: int, query_length: int, title_len
     }
 
 
-def time_steps(step, warmup: int, steps: int) -> list[float]:
+def time_steps(step, warmup: int, steps: int) -> tuple[list[float], list[float]]:
+    """Wall-clock and process CPU seconds of each step (CPU time is what a step costs when the machine is shared)."""
     for _ in range(warmup):
         step()
-    times = []
+    wall, cpu = [], []
     for _ in range(steps):
-        start = time.perf_counter()
+        start_wall, start_cpu = time.perf_counter(), time.process_time()
         step()
-        times.append(time.perf_counter() - start)
-    return times
+        wall.append(time.perf_counter() - start_wall)
+        cpu.append(time.process_time() - start_cpu)
+    return wall, cpu
 
 
 def make_step(model: MakeModel, batch: dict):
@@ -141,7 +147,7 @@ def main():
     config = MakeConfig.from_preset(args.preset)
     model = MakeModel(config).train()
     batch = make_batch(config, args.batch_size, args.query_length, args.title_length, args.num_keyword_terms)
-    make_times = time_steps(make_step(model, batch), args.warmup, args.steps)
+    make_times, make_cpu = time_steps(make_step(model, batch), args.warmup, args.steps)
     result = {
         "machine": {
             "platform": platform.platform(),
@@ -162,16 +168,18 @@ def main():
             "image_size": config.vision_config.image_size,
             "make_seconds_median": statistics.median(make_times),
             "make_seconds_all": make_times,
+            "make_cpu_seconds_median": statistics.median(make_cpu),
         },
     }
     if not args.no_peer:
         step, peer_parameters = peer_step(config, batch)
-        peer_times = time_steps(step, args.warmup, args.steps)
+        peer_times, peer_cpu = time_steps(step, args.warmup, args.steps)
         result["step"].update(
             peer="VisionTextDualEncoderModel (title tower + image tower, same sizes)",
             peer_parameters=peer_parameters,
             peer_seconds_median=statistics.median(peer_times),
             peer_seconds_all=peer_times,
+            peer_cpu_seconds_median=statistics.median(peer_cpu),
             make_over_peer=statistics.median(make_times) / statistics.median(peer_times),
         )
 
@@ -187,10 +195,17 @@ def main():
         f"{args.query_length} tokens, titles {args.title_length} tokens, images {step_info['image_size']} px, "
         f"{torch.get_num_threads()} torch threads on {result['machine']['processor']} ({os.cpu_count()} CPUs):"
     )
-    print(f"  MAKE (3 towers, 6 losses): {step_info['make_seconds_median']:.3f} s (median of {args.steps})")
+    print(
+        f"  MAKE (3 towers, 6 losses): {step_info['make_seconds_median']:.3f} s wall, "
+        f"{step_info['make_cpu_seconds_median']:.3f} s CPU (medians of {args.steps})"
+    )
     if "peer_seconds_median" in step_info:
-        print(f"  peer {step_info['peer']}: {step_info['peer_seconds_median']:.3f} s")
-        print(f"  MAKE / peer: {step_info['make_over_peer']:.2f}x")
+        print(
+            f"  peer {step_info['peer']}: {step_info['peer_seconds_median']:.3f} s wall, "
+            f"{step_info['peer_cpu_seconds_median']:.3f} s CPU"
+        )
+        print(f"  MAKE / peer (wall): {step_info['make_over_peer']:.2f}x")
+    print(f"  load average (1 min) before the run: {result['machine']['load_average_1min_before']:.2f}")
 
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w", encoding="utf-8") as f:
