@@ -52,8 +52,9 @@ def build_model_and_processor(args: PretrainArguments, data, accelerator, resume
             **fields,
         )
     else:
-        config.query_config.vocab_size = len(processor.tokenizer)
-        config.title_config.vocab_size = len(processor.tokenizer)
+        for text_config in (config.query_config, config.title_config):
+            if text_config is not None:  # None: the title shares the query encoder
+                text_config.vocab_size = len(processor.tokenizer)
         model = MakeModel(config)
     return model, processor
 

@@ -137,6 +137,8 @@ def pretrain(args: PretrainArguments) -> dict:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
+                if accelerator.sync_gradients:
+                    accelerator.unwrap_model(model).clamp_logit_scale()
             if not accelerator.sync_gradients:
                 continue
             completed_steps += 1
