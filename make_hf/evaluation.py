@@ -54,6 +54,11 @@ class _Table:
     def __init__(self, data: Any, argument: str):
         self.argument = argument
         if hasattr(data, "column_names") and hasattr(data, "select_columns"):  # datasets.Dataset
+            if not hasattr(data, "__len__"):
+                raise ValueError(
+                    f"`{argument}` is a streaming (iterable) dataset; an evaluation set must be searchable as a whole: "
+                    "load it without streaming or pass a list of rows."
+                )
             self._dataset, self._rows, self._columns = data, None, None
             self.column_names = list(data.column_names)
             self._length = len(data)
