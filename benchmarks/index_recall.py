@@ -58,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--pq-m", type=int, default=None)
     parser.add_argument("--pq-bits", type=int, default=None)
     parser.add_argument("--latency-queries", type=int, default=200, help="queries timed one at a time")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch and FAISS threads (default: their own defaults, usually one per core)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="benchmarks/results/index_recall.json")
     return parser.parse_args(argv)
@@ -113,7 +115,8 @@ def model_vectors(args: argparse.Namespace):
     catalogue = list(products.values())
     queries = sorted(queries)
     rng = np.random.default_rng(args.seed)
-    queries = [queries[i] for i in sorted(rng.choice(len(queries), min(args.num_queries, len(queries)), replace=False))]
+    chosen = rng.choice(len(queries), min(args.num_queries, len(queries)), replace=False)
+    queries = [queries[i] for i in sorted(chosen)]
 
     model = MakeModel.from_pretrained(args.model).eval()
     processor = MakeProcessor.from_pretrained(args.model)
@@ -146,7 +149,9 @@ def single_query_latency_ms(function, queries: torch.Tensor, count: int) -> floa
     return statistics.median(samples)
 
 
-def tie_aware_recall(rows: np.ndarray, queries: torch.Tensor, products: torch.Tensor, kth_exact: torch.Tensor) -> float:
+def tie_aware_recall(
+    rows: np.ndarray, queries: torch.Tensor, products: torch.Tensor, kth_exact: torch.Tensor
+) -> float:
     """Mean fraction of the k returned products whose exact score reaches the k-th best exact score."""
     valid = torch.from_numpy(rows) >= 0
     returned = products[torch.from_numpy(rows).clamp(min=0)]  # (Q, k, D)
@@ -158,6 +163,11 @@ def tie_aware_recall(rows: np.ndarray, queries: torch.Tensor, products: torch.Te
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
+    if args.threads:
+        import faiss
+
+        torch.set_num_threads(args.threads)
+        faiss.omp_set_num_threads(args.threads)
     if args.model:
         products, queries, ids = model_vectors(args)
         source = f"model {args.model} ({args.dataset}, {args.condition} product embeddings)"

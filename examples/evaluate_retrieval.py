@@ -1,10 +1,11 @@
-"""Evaluate a saved MAKE model on a product search set and write the results as JSON and Markdown.
+r"""Evaluate a saved MAKE model on a product search set and write the results as JSON and Markdown.
 
     # the test split of the embedded synthetic shop (the data `examples/pretrain.py` trains on by default)
     python examples/evaluate_retrieval.py --model outputs/make-small
 
     # Emoji-CLDR-3D, English, from the npm tarballs in a folder
-    python examples/evaluate_retrieval.py --model outputs/make-small --dataset emoji --emoji-source ../shared/data/emoji
+    python examples/evaluate_retrieval.py --model outputs/make-small \
+        --dataset emoji --emoji-source ../shared/data/emoji
 
     # your own catalogue and queries (JSONL/CSV/Parquet; image paths relative to the file)
     python examples/evaluate_retrieval.py --model outputs/make-small --products products.jsonl --queries queries.jsonl

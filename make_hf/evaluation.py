@@ -56,8 +56,8 @@ class _Table:
         if hasattr(data, "column_names") and hasattr(data, "select_columns"):  # datasets.Dataset
             if not hasattr(data, "__len__"):
                 raise ValueError(
-                    f"`{argument}` is a streaming (iterable) dataset; an evaluation set must be searchable as a whole: "
-                    "load it without streaming or pass a list of rows."
+                    f"`{argument}` is a streaming (iterable) dataset; an evaluation set must be searchable as a "
+                    "whole: load it without streaming or pass a list of rows."
                 )
             self._dataset, self._rows, self._columns = data, None, None
             self.column_names = list(data.column_names)
@@ -92,7 +92,8 @@ class _Table:
         missing = [name for name in names if not self.has(name)]
         if missing:
             raise ValueError(
-                f"`{self.argument}` has no column {', '.join(repr(n) for n in missing)} (columns: {self.column_names})."
+                f"`{self.argument}` has no column {', '.join(repr(n) for n in missing)} "
+                f"(columns: {self.column_names})."
             )
 
     def column(self, name: str, start: int = 0, end: int | None = None) -> list:
@@ -151,7 +152,9 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
         model = model.module
     for method in ("get_product_features", "get_query_features"):
         if not hasattr(model, method):
-            raise ValueError(f"`model` has no `{method}`; pass a `MakeModel` (unwrap it with accelerator.unwrap_model).")
+            raise ValueError(
+                f"`model` has no `{method}`; pass a `MakeModel` (unwrap it with accelerator.unwrap_model)."
+            )
     return model
 
 
@@ -219,7 +222,9 @@ def encode_products(
         if isinstance(pid, bool) or not isinstance(pid, (str, int)):
             raise ValueError(f"products[{row}]['product_id'] is {pid!r}; product ids must be strings.")
         if pid in seen:
-            raise ValueError(f"products[{row}]['product_id'] = {pid!r} repeats products[{seen[pid]}]; ids must be unique.")
+            raise ValueError(
+                f"products[{row}]['product_id'] = {pid!r} repeats products[{seen[pid]}]; ids must be unique."
+            )
         seen[pid] = row
 
     model = _unwrap(model)
@@ -300,7 +305,7 @@ def encode_queries(
     batch_size: int = 256,
     show_progress: bool = True,
 ) -> torch.Tensor:
-    """Encode query strings with `model.get_query_features`; returns (num_queries, dim) float32 on the model's device."""
+    """Encode query strings with `model.get_query_features`: (num_queries, dim) float32 on the model's device."""
     if isinstance(queries, str):
         queries = [queries]
     if batch_size < 1:
@@ -568,7 +573,9 @@ def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
             if suffix == ".json":
                 rows = json.load(f)
                 if not isinstance(rows, list):
-                    raise ValueError(f"{path}: a .json file must hold a list of row objects; use .jsonl for one per line.")
+                    raise ValueError(
+                        f"{path}: a .json file must hold a list of row objects; use .jsonl for one per line."
+                    )
             else:
                 rows = []
                 for line_number, line in enumerate(f, start=1):
@@ -618,7 +625,10 @@ def load_evaluation_set(
     """
     if source is None:
         if products is None or queries is None:
-            raise ValueError("Give an evaluation `source` (synthetic, emoji or a saved folder), or both `products` and `queries` files.")
+            raise ValueError(
+                "Give an evaluation `source` (synthetic, emoji or a saved folder), or both `products` and `queries` "
+                "files."
+            )
         product_rows, query_rows = read_rows(products), read_rows(queries)
     else:
         if products is not None or queries is not None:
@@ -662,7 +672,9 @@ def _filter_language(rows: Any, language: str, name: str) -> Any:
         raise ValueError(f"`{name}` has no row with language {language!r}.")
     if hasattr(rows, "select"):
         return rows.select(keep)
-    return [rows[i] for i in keep] if not isinstance(rows, Mapping) else {k: [v[i] for i in keep] for k, v in rows.items()}
+    if isinstance(rows, Mapping):
+        return {name: [values[i] for i in keep] for name, values in rows.items()}
+    return [rows[i] for i in keep]
 
 
 def flatten_results(results: Mapping[str, Any], separator: str = "/") -> dict[str, float]:

@@ -242,7 +242,8 @@ class ProductIndex:
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v}" for k, v in self.params.items())
-        return f"ProductIndex(kind={self.kind!r}, num_products={len(self)}, dim={self.dim}{', ' + params if params else ''})"
+        params = f", {params}" if params else ""
+        return f"ProductIndex(kind={self.kind!r}, num_products={len(self)}, dim={self.dim}{params})"
 
     def set_search_params(self, ef_search: int | None = None, nprobe: int | None = None) -> None:
         """Set the HNSW search beam width (`ef_search`) or the IVF-PQ probes (`nprobe`) for later searches; both

@@ -65,7 +65,9 @@ def max_cutoff(recall_ks: Iterable[int] = RECALL_KS, mrr_k: int = MRR_K, ndcg_k:
 
 def _relevant_sets(relevant: Sequence[Iterable], num_queries: int, argument: str) -> list[list]:
     if len(relevant) != num_queries:
-        raise ValueError(f"`{argument}` has {len(relevant)} rows but there are {num_queries} queries; give one row per query.")
+        raise ValueError(
+            f"`{argument}` has {len(relevant)} rows but there are {num_queries} queries; give one row per query."
+        )
     sets = []
     for row, items in enumerate(relevant):
         if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
@@ -88,7 +90,9 @@ def _pad(rows: list[list[float]]) -> torch.Tensor:
     return ranks
 
 
-def ranks_from_rankings(rankings: Sequence[Sequence], relevant: Sequence[Iterable]) -> tuple[torch.Tensor, torch.Tensor]:
+def ranks_from_rankings(
+    rankings: Sequence[Sequence], relevant: Sequence[Iterable]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Ranks of the relevant items in ranked lists of ids.
 
     Args:
@@ -174,7 +178,8 @@ def ranks_from_scores(
     per_query = num_items + width * (depth + width)
     chunk = max(1, min(num_queries, _CHUNK_ELEMENTS // per_query))
     ranks = torch.full((num_queries, width), math.inf, dtype=torch.float64)
-    before = torch.ones(width, width, dtype=torch.bool, device=device).triu(diagonal=1)  # before[i, j]: slot i precedes slot j
+    # before[i, j]: relevant slot i precedes slot j among equal scores.
+    before = torch.ones(width, width, dtype=torch.bool, device=device).triu(diagonal=1)
     for start in range(0, num_queries, chunk):
         rows = slice(start, start + chunk)
         block, idx, ok = scores[rows], index[rows], valid[rows]
@@ -193,7 +198,8 @@ def ranks_from_scores(
         # Pessimistic: every non-relevant item with a score >= mine comes first, then relevant ones above me.
         rank = (count_ge - relevant_ge) + relevant_gt + relevant_tied_before + 1
         retrievable = ok & (rel >= threshold) & (rel > -math.inf) & (rank <= max_rank)
-        ranks[rows] = torch.where(retrievable, rank.double(), torch.full_like(rank, math.inf, dtype=torch.float64)).cpu()
+        unretrieved = torch.full_like(rank, math.inf, dtype=torch.float64)
+        ranks[rows] = torch.where(retrievable, rank.double(), unretrieved).cpu()
     num_relevant = torch.tensor([len(items) for items in relevant_sets], dtype=torch.int64)
     return ranks, num_relevant
 
@@ -355,10 +361,12 @@ def _define_retrieval_metrics() -> type:
                 lengths = {len(row) for row in predictions}
                 if len(lengths) > 1:
                     raise ValueError(
-                        f"Score rows have different lengths {sorted(lengths)}; every row must score the whole catalogue."
+                        f"Score rows have different lengths {sorted(lengths)}; every row must score the whole "
+                        "catalogue."
                     )
                 scores = torch.tensor(np.asarray(predictions, dtype=np.float64))
-                return retrieval_metrics_from_scores(scores, [list(map(int, r)) for r in references], recall_ks, mrr_k, ndcg_k)
+                relevant = [[int(i) for i in row] for row in references]
+                return retrieval_metrics_from_scores(scores, relevant, recall_ks, mrr_k, ndcg_k)
             return retrieval_metrics(predictions, references, recall_ks, mrr_k, ndcg_k)
 
     RetrievalMetrics.__module__, RetrievalMetrics.__qualname__ = __name__, "RetrievalMetrics"
@@ -377,7 +385,7 @@ __all__ = [
     "MRR_K",
     "NDCG_K",
     "RECALL_KS",
-    "RetrievalMetrics",
+    "RetrievalMetrics",  # noqa: F822 (defined on first access by the module __getattr__)
     "max_cutoff",
     "mean_metrics",
     "per_query_metrics",

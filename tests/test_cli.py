@@ -27,8 +27,8 @@ def workspace(tmp_path_factory):
         for colour, rgb in COLOURS.items():
             pid = f"{category}-{colour}"
             Image.new("RGB", (16, 16), rgb).save(root / "images" / f"{pid}.png")
-            products.append({"product_id": pid, "title": f"new {colour} {category} cotton brand", "image": f"images/{pid}.png",
-                             "category": category})
+            title = f"new {colour} {category} cotton brand"
+            products.append({"product_id": pid, "title": title, "image": f"images/{pid}.png", "category": category})
     products[4]["image"] = None  # charger-blue has no picture
     with open(root / "products.jsonl", "w") as f:
         f.writelines(json.dumps(p) + "\n" for p in products)
@@ -67,11 +67,13 @@ def test_encode_index_search_matches_exact_search(workspace, capsys):
     assert stored.product_ids[0] == "mug-red" and stored.product_embeds.shape == (9, 32)
     assert stored.modal_weights.shape == (9, 2) and stored.metadata["condition"] == "title+image"
 
-    status, out, _ = _run(capsys, "index", "--embeddings", embeddings, "--output", workspace / "flat", "--kind", "flat")
+    status, out, _ = _run(capsys, "index", "--embeddings", embeddings, "--output", workspace / "flat",
+                          "--kind", "flat")
     assert status == 0 and "ProductIndex(kind='flat', num_products=9, dim=32)" in out
     assert ProductIndex.load(workspace / "flat").metadata["model"] == str(model_dir)
 
-    status, out, _ = _run(capsys, "search", "--index", workspace / "flat", "--model", model_dir, "-k", 4, "--json", *QUERIES)
+    status, out, _ = _run(capsys, "search", "--index", workspace / "flat", "--model", model_dir, "-k", 4, "--json",
+                          *QUERIES)
     assert status == 0
     found = json.loads(out)
     assert [row["query"] for row in found] == QUERIES
@@ -91,8 +93,8 @@ def test_encode_index_search_matches_exact_search(workspace, capsys):
 
 def test_image_condition_leaves_out_products_without_image(workspace, capsys):
     embeddings = workspace / "image.safetensors"
-    status, out, _ = _run(capsys, "encode", "--model", workspace / "model", "--catalogue", workspace / "products.jsonl",
-                          "--output", embeddings, "--condition", "image", "--quiet")
+    status, out, _ = _run(capsys, "encode", "--model", workspace / "model", "--catalogue",
+                          workspace / "products.jsonl", "--output", embeddings, "--condition", "image", "--quiet")
     assert status == 0 and "Encoded 8 products (image, dim 32) (1 without what condition 'image' needs" in out
     stored = load_embeddings(embeddings)
     assert "charger-blue" not in stored.product_ids and stored.metadata["skipped_products"] == 1
@@ -117,8 +119,9 @@ def test_hnsw_index_search_uses_the_recorded_model(workspace, capsys):
 
 def test_evaluate_files_prints_a_table_and_writes_json(workspace, capsys):
     output = workspace / "results" / "eval.json"
-    status, out, _ = _run(capsys, "evaluate", "--model", workspace / "model", "--products", workspace / "products.jsonl",
-                          "--queries", workspace / "queries.csv", "--output", output, "--quiet")
+    status, out, _ = _run(capsys, "evaluate", "--model", workspace / "model", "--products",
+                          workspace / "products.jsonl", "--queries", workspace / "queries.csv", "--output", output,
+                          "--quiet")
     assert status == 0
     assert out.startswith("3 queries, 9 products.") and "| title+image |" in out and "| image | seen |" in out
     results = json.loads(output.read_text())
@@ -149,7 +152,8 @@ def test_evaluate_on_the_synthetic_shop(workspace, capsys):
         (["search", "--index", "{root}/flat-missing", "q"], "is not a saved ProductIndex"),
         (["encode", "--model", "{root}/no/such/model", "--catalogue", "{root}/products.jsonl", "--output", "{root}/y"],
          "--model '{root}/no/such/model': no such folder"),
-        (["index", "--embeddings", "{root}/products.jsonl", "--output", "{root}/z"], "is not a make_hf embeddings file"),
+        (["index", "--embeddings", "{root}/products.jsonl", "--output", "{root}/z"],
+         "is not a make_hf embeddings file"),
     ],
 )
 def test_errors_are_one_line_with_status_1(workspace, capsys, argv, message):

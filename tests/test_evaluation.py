@@ -186,11 +186,13 @@ def test_exact_search_matches_brute_force(monkeypatch):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda p, q: q[0].update(relevant_ids=["nope"]), r"queries\[0\] \('red dress'\) names relevant product\(s\) \['nope'\]"),
+        (lambda p, q: q[0].update(relevant_ids=["nope"]),
+         r"queries\[0\] \('red dress'\) names relevant product\(s\) \['nope'\]"),
         (lambda p, q: q[1].update(relevant_ids=[]), r"queries\[1\]\['relevant_ids'\] is empty"),
         (lambda p, q: q[2].update(query=" "), r"queries\[2\]\['query'\] is ' '"),
         (lambda p, q: p[3].update(image=None, title=None), r"products\[3\] \(product_id 'dress-black'\) has neither"),
-        (lambda p, q: p[4].update(product_id="dress-red"), r"products\[4\]\['product_id'\] = 'dress-red' repeats products\[0\]"),
+        (lambda p, q: p[4].update(product_id="dress-red"),
+         r"products\[4\]\['product_id'\] = 'dress-red' repeats products\[0\]"),
         (lambda p, q: [r.pop("relevant_ids") for r in q], "`queries` has no column 'relevant_ids'"),
     ],
 )

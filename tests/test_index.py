@@ -13,6 +13,18 @@ from make_hf.index import INDEX_KINDS, ProductIndex, load_embeddings, save_embed
 NUM_PRODUCTS, DIM = 800, 16
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_faiss_thread():
+    # FAISS's OpenMP threads spin while waiting; on a busy 2-core machine a tiny k-means then takes seconds
+    # instead of milliseconds. One thread keeps these small tests fast; results do not depend on it.
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def catalogue():
     rng = np.random.default_rng(0)
@@ -24,13 +36,18 @@ def catalogue():
     return vectors, queries.astype(np.float32), ids
 
 
-BUILD_ARGS = {"flat": {}, "hnsw": {"hnsw_m": 16, "ef_construction": 64, "ef_search": 64}, "ivfpq": {"nlist": 8, "nprobe": 8, "pq_m": 16, "pq_bits": 6}}
+BUILD_ARGS = {
+    "flat": {},
+    "hnsw": {"hnsw_m": 16, "ef_construction": 64, "ef_search": 64},
+    "ivfpq": {"nlist": 8, "nprobe": 8, "pq_m": 16, "pq_bits": 6},
+}
 
 
 @pytest.mark.parametrize("kind", INDEX_KINDS)
 def test_round_trip_gives_the_same_results(tmp_path, catalogue, kind):
     vectors, queries, ids = catalogue
-    index = ProductIndex.build(vectors, ids, kind=kind, metadata={"model": "tiny", "condition": "title_image"}, **BUILD_ARGS[kind])
+    metadata = {"model": "tiny", "condition": "title+image"}
+    index = ProductIndex.build(vectors, ids, kind=kind, metadata=metadata, **BUILD_ARGS[kind])
     found, scores = index.search(queries, k=10)
     assert len(found) == len(queries) and all(len(row) == 10 for row in found)
     assert scores.shape == (len(queries), 10) and scores.dtype == np.float32
@@ -41,7 +58,7 @@ def test_round_trip_gives_the_same_results(tmp_path, catalogue, kind):
     loaded = ProductIndex.load(tmp_path / "index")
     assert loaded.kind == kind and len(loaded) == NUM_PRODUCTS and loaded.dim == DIM
     assert loaded.params == index.params
-    assert loaded.metadata == {"model": "tiny", "condition": "title_image"}
+    assert loaded.metadata == metadata
     found_again, scores_again = loaded.search(queries, k=10)
     assert found_again == found
     np.testing.assert_array_equal(scores_again, scores)

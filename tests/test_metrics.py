@@ -118,10 +118,12 @@ def test_scores_match_the_sorted_reference(data, num_queries, num_items):
     # Few distinct score values, so ties everywhere, including across the rank-50 boundary.
     values = st.sampled_from([-math.inf, 0.0, 0.25, 0.5, 1.0])
     scores = np.array(
-        data.draw(st.lists(st.lists(values, min_size=num_items, max_size=num_items), min_size=num_queries, max_size=num_queries))
+        data.draw(st.lists(st.lists(values, min_size=num_items, max_size=num_items),
+                           min_size=num_queries, max_size=num_queries))
     )
     relevant = data.draw(
-        st.lists(st.lists(st.integers(0, num_items - 1), min_size=1, max_size=5), min_size=num_queries, max_size=num_queries)
+        st.lists(st.lists(st.integers(0, num_items - 1), min_size=1, max_size=5),
+                 min_size=num_queries, max_size=num_queries)
     )
     # Reference: explicit ranking, with -inf items removed (they are never retrieved).
     rankings = [
