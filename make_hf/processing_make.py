@@ -208,6 +208,7 @@ class MakeProcessor(ProcessorMixin):
         keywords: str | Sequence[str | Sequence[str] | None] | None = None,
         return_tensors: str | None = "pt",
         extract_keywords: bool | None = None,
+        padding: str = "max_length",
     ) -> BatchFeature:
         """Prepare any subset of queries, titles, images and keywords for `MakeModel`.
 
@@ -221,6 +222,9 @@ class MakeProcessor(ProcessorMixin):
             return_tensors: `"pt"` (default), `"np"`, or None for Python lists.
             extract_keywords: extract keywords from `title`. None (default): when `self.extract_keywords` is on
                 and both `query` and `title` are given (a training batch; keywords are a training-time signal).
+            padding: `"max_length"` (default: fixed shapes, the query / title max lengths) or `"longest"` (pad each
+                text field to its longest row in this batch, never beyond the max length; cheaper training steps
+                when texts are much shorter than the max length). Term id widths are fixed either way.
 
         Returns:
             A `BatchFeature` with the keys listed in the class docstring.
@@ -273,15 +277,17 @@ class MakeProcessor(ProcessorMixin):
                 for text in titles
             ]
 
+        if padding not in ("max_length", "longest"):
+            raise ValueError(f"`padding` must be 'max_length' or 'longest', got {padding!r}.")
         data: dict[str, Any] = {}
         if queries is not None:
-            data.update(self._tokenize(queries, "query", self.query_max_length))
+            data.update(self._tokenize(queries, "query", self.query_max_length, padding))
         if titles is not None:
-            data.update(self._tokenize(titles, "title", self.title_max_length))
+            data.update(self._tokenize(titles, "title", self.title_max_length, padding))
         if loaded_images is not None:
             data.update(self._process_images(loaded_images))
         if keyword_strings is not None:
-            data.update(self._tokenize(keyword_strings, "keywords", self.query_max_length))
+            data.update(self._tokenize(keyword_strings, "keywords", self.query_max_length, padding))
             if queries is not None:
                 data["query_term_ids"] = self.term_ids(queries)
             data["keyword_term_ids"] = self.term_ids(keyword_strings)
@@ -344,11 +350,11 @@ class MakeProcessor(ProcessorMixin):
                     "Give every product at least one of them, or drop the row."
                 )
 
-    def _tokenize(self, texts: list[str | None], name: str, max_length: int) -> dict[str, Any]:
+    def _tokenize(self, texts: list[str | None], name: str, max_length: int, padding: str) -> dict[str, Any]:
         ids_key, mask_key = TEXT_KEYS[name]
         encoded = self.tokenizer(
             [text if text is not None else "" for text in texts],
-            padding="max_length",
+            padding=padding,
             truncation=True,
             max_length=max_length,
             return_attention_mask=True,
@@ -358,8 +364,9 @@ class MakeProcessor(ProcessorMixin):
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         for row, text in enumerate(texts):
             if text is None:
-                input_ids[row] = [pad_id] * max_length
-                attention_mask[row] = [0] * max_length
+                width = len(input_ids[row])
+                input_ids[row] = [pad_id] * width
+                attention_mask[row] = [0] * width
         return {ids_key: input_ids, mask_key: attention_mask}
 
     def _process_images(self, images: list[Any]) -> dict[str, Any]:

@@ -120,3 +120,18 @@ def test_shared_report_and_custom_columns(processor):
 def test_product_rows_without_queries(processor):
     batch = MakeCollator(processor)([{"title": "zerel tshirt", "image": _png(), "product_id": "p"}])
     assert "query_input_ids" not in batch and {"title_input_ids", "pixel_values", "product_ids"} <= set(batch)
+
+
+def test_collator_pads_text_to_the_longest_row_and_keeps_term_widths(processor):
+    rows = [
+        {"query": "red mug", "title": "ceramic red mug", "image": None, "product_id": "a"},
+        {"query": "blue cup", "title": None, "image": Image.new("RGB", (8, 8), "blue"), "product_id": "b"},
+    ]
+    longest = MakeCollator(processor)(rows)
+    fixed = MakeCollator(processor, padding="max_length")(rows)
+    assert longest["title_input_ids"].shape[1] < processor.title_max_length
+    assert fixed["title_input_ids"].shape[1] == processor.title_max_length
+    assert longest["title_attention_mask"][1].sum() == 0  # no title: still an all-zero row
+    width = longest["title_input_ids"].shape[1]
+    assert torch.equal(longest["title_input_ids"], fixed["title_input_ids"][:, :width])
+    assert longest["query_term_ids"].shape == fixed["query_term_ids"].shape

@@ -48,6 +48,8 @@ class MakeCollator:
             `load_triples` to get a single report per run. A new one by default (`collator.skipped_rows`).
         extract_keywords: passed to the processor (None: its default, keywords for training batches).
         source: the name used for rows in the report (default: the data file name is unknown here, "batch").
+        padding: `"longest"` (default: pad each text field to the batch's longest row, as `DataCollatorWithPadding`
+            does; a 20-token title then costs 20 positions, not the title max length) or `"max_length"`.
 
     Returns (from `__call__`):
         A `BatchFeature` with the processor's keys (`query_input_ids`, `title_input_ids`, `pixel_values`,
@@ -68,6 +70,7 @@ class MakeCollator:
         extract_keywords: bool | None = None,
         source: str | None = None,
         return_tensors: str = "pt",
+        padding: str = "longest",
     ):
         self.processor = processor
         self.query_column = query_column
@@ -78,6 +81,7 @@ class MakeCollator:
         self.extract_keywords = extract_keywords
         self.source = source
         self.return_tensors = return_tensors
+        self.padding = padding
 
     def _skip(self, row: Mapping[str, Any], position: int, reason: str, detail: str) -> None:
         index = row.get(SOURCE_ROW_COLUMN)
@@ -134,6 +138,7 @@ class MakeCollator:
             images=images if has["image"] else None,
             return_tensors=self.return_tensors,
             extract_keywords=self.extract_keywords,
+            padding=self.padding,
         )
         if has["product_id"]:
             ids = [hash_product_id(product_id) for product_id in product_ids]
