@@ -8,6 +8,7 @@ the MiniLM text towers (`--init_from_towers`).
     python benchmarks/quality.py                                  # synthetic shop + Emoji-CLDR-3D (en), seed 0
     python benchmarks/quality.py --seeds 0 1 2 --max_train_steps 400
     python benchmarks/quality.py --datasets synthetic --presets make-small clip
+    python benchmarks/quality.py --jobs 2      # one process per dataset, one thread each (2-core machines)
 
 Writes `benchmarks/results/quality.json`, `quality.md`, `quality.png` (Recall@10 per variant) and
 `modal_weights.png` (mean image weight per synthetic-shop category).
@@ -45,6 +46,8 @@ def parse_args(argv=None):
     parser.add_argument("--no_minilm_towers", action="store_true", help="Skip MAKE from MiniLM towers.")
     parser.add_argument("--work_dir", default="outputs/quality-benchmark", help="Trained models go here.")
     parser.add_argument("--results_dir", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--jobs", type=int, default=1, help="Datasets trained in parallel processes.")
+    parser.add_argument("--partial_output", default=None, help=argparse.SUPPRESS)  # set for a --jobs worker
     return parser.parse_args(argv)
 
 
@@ -197,10 +200,41 @@ def plots(results: dict, directory: str) -> None:
         plt.close(fig)
 
 
+def run_in_parallel(args, argv) -> dict:
+    """One worker process per dataset, each with an equal share of the cores, then their results merged."""
+    import subprocess
+    import tempfile
+
+    argv = list(argv if argv is not None else sys.argv[1:])
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    pending, results = [], {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for dataset in args.datasets:
+            output = os.path.join(scratch, f"{dataset}.json")
+            command = [sys.executable, os.path.abspath(__file__), *argv, "--datasets", dataset, "--jobs", "1",
+                       "--partial_output", output]
+            pending.append((dataset, output, subprocess.Popen(command, env=env)))
+            while len([p for _, _, p in pending if p.poll() is None]) >= args.jobs:
+                time.sleep(5)
+        for dataset, output, process in pending:
+            if process.wait() != 0:
+                raise RuntimeError(f"The {dataset} worker failed (exit code {process.returncode}); see its output.")
+            with open(output, encoding="utf-8") as f:
+                results[dataset] = json.load(f)
+    return results
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.jobs > 1 and len(args.datasets) > 1:
+        results = run_in_parallel(args, argv)
+    else:
+        results = {dataset: run_dataset(dataset, args) for dataset in args.datasets}
+    if args.partial_output:
+        write_json(args.partial_output, results[args.datasets[0]])
+        return
     os.makedirs(args.results_dir, exist_ok=True)
-    results = {dataset: run_dataset(dataset, args) for dataset in args.datasets}
     payload = {"settings": vars(args), "results": results}
     write_json(os.path.join(args.results_dir, "quality.json"), payload)
     table = markdown(results, args)

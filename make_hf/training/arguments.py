@@ -57,7 +57,7 @@ class PretrainArguments:
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (matrices only)."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 disables)."})
     num_train_epochs: int = field(default=30, metadata={"help": "Epochs, unless --max_train_steps is set."})
-    max_train_steps: int | None = field(default=600, metadata={"help": "Optimiser steps; overrides the epochs."})
+    max_train_steps: int | None = field(default=300, metadata={"help": "Optimiser steps; overrides the epochs."})
     warmup_steps: int = field(default=50, metadata={"help": "Linear warm-up steps before the cosine decay."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Any transformers scheduler name."})
     mixed_precision: str | None = field(
@@ -66,7 +66,7 @@ class PretrainArguments:
     activation_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
 
     # Evaluation, checkpoints, logging
-    eval_steps: int = field(default=200, metadata={"help": "Evaluate on the validation split every N steps."})
+    eval_steps: int = field(default=100, metadata={"help": "Evaluate on the validation split every N steps."})
     eval_batch_size: int = field(default=256, metadata={"help": "Batch size for encoding during evaluation."})
     checkpointing_steps: int | None = field(default=None, metadata={"help": "Save the training state every N steps."})
     checkpoints_total_limit: int | None = field(default=2, metadata={"help": "Keep only the newest K checkpoints."})
