@@ -147,7 +147,7 @@ class MakeConfig(PreTrainedConfig):
             (ours) Hidden size of the Modal Adaptation MLP over `[t, v, t*v]`; defaults to `projection_dim`.
         keyword_enhancement (`bool`, defaults to `True`):
             Train the query encoder on title keywords too: `k->t` against the title embedding and `q<->k` on pairs
-            whose keyword terms cover every query term (ours, see DESIGN.md).
+            whose keyword terms cover every query term (ours, see "Design choices" in the README).
         false_negative_masking (`bool`, defaults to `False`):
             (ours) Remove from the query-side softmax the batch products, other than the positives, whose keyword
             terms cover every query term. Needs `query_term_ids` and `keyword_term_ids` in the batch.

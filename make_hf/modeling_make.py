@@ -3,7 +3,7 @@
 MAKE (Zheng et al., "MAKE: Vision-Language Pre-training based Product Retrieval in Taobao Search", WWW 2023
 Companion, arXiv 2301.12646) retrieves multimodal products (title + image) for short text queries. The abstract gives
 no formulas; the Modal Adaptation MLP, the keyword losses and the false-negative masking below are this
-implementation's choices, each behind a `MakeConfig` switch (see DESIGN.md).
+implementation's choices, each behind a `MakeConfig` switch (see "Design choices" in the README).
 
 ```
 query    -> query encoder -> pool -> proj -> q --------------------------------.
