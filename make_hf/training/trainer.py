@@ -200,10 +200,12 @@ def _tracker_config(args: PretrainArguments) -> dict:
 def _loss_row(accelerator, model, outputs, step: int, learning_rate: float) -> dict:
     """Every loss term of this step, averaged over processes, plus the temperature and learning rate."""
     row = {"step": step, "lr": learning_rate}
-    for term in LOSS_TERMS:
-        value = getattr(outputs, term, None)
-        if value is not None:
-            row[term] = accelerator.reduce(value.detach().float(), reduction="mean").item()
+    # One gather of a fixed-size vector: a term can be absent on one process (no covering query-keyword pair in
+    # its rows) and present on another, and a per-term collective would then hang.
+    values = [getattr(outputs, term, None) for term in LOSS_TERMS]
+    local = torch.tensor([[float("nan") if v is None else v.detach().float().item() for v in values]])
+    means = torch.nanmean(accelerator.gather(local.to(accelerator.device)).cpu(), dim=0)
+    row.update({term: mean.item() for term, mean in zip(LOSS_TERMS, means) if not torch.isnan(mean)})
     row["logit_scale"] = accelerator.unwrap_model(model).logit_scale.detach().exp().item()
     if getattr(outputs, "masked_negatives", None) is not None:
         row["masked_negatives"] = float(outputs.masked_negatives)
@@ -229,9 +231,16 @@ def _validate(accelerator, model, processor, data, args, step, evaluate_retrieva
         overall = result["title+image"]["overall"]
         summary.update({k: v for k, v in overall.items() if k.startswith(("recall@", "mrr@", "ndcg@"))})
         summary["image_weight_by_category"] = result.get("image_weight_by_category", {})
-        accelerator.log({f"validation/{k}": v for k, v in summary.items() if isinstance(v, float)}, step=step)
+        groups = result.get("image_weight_by_category_group", {})
+        summary["image_weight_by_category_group"] = groups
+        scalars = {f"validation/{k}": v for k, v in summary.items() if isinstance(v, float)}
+        scalars.update({f"validation/image_weight/{k}": v for k, v in summary["image_weight_by_category"].items()})
+        accelerator.log(scalars, step=step)
+        weights = ", ".join(f"{group} {weight:.2f}" for group, weight in groups.items())
         logger.info(
-            f"step {step}: validation recall@10 {summary.get('recall@10', float('nan')):.3f}", main_process_only=True
+            f"step {step}: validation recall@10 {summary.get('recall@10', float('nan')):.3f}"
+            + (f"; mean image weight {weights}" if weights else ""),
+            main_process_only=True,
         )
     accelerator.wait_for_everyone()
     return summary
