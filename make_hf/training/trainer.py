@@ -5,6 +5,7 @@ The loop follows the transformers `*_no_trainer.py` examples: `accelerator.prepa
 `wait_for_everyone()`. It is kept apart from the model so that `make_hf` imports without the training stack.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -18,6 +19,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from ..data import MakeCollator, SkippedRows
+from ..evaluation import evaluate_retrieval, format_results
+from ..modeling_make import MakeOutput
 from .arguments import PretrainArguments
 from .atomic import staged_directory, write_json, write_text
 from .checkpoints import prune_checkpoints, resolve_resume_path
@@ -28,22 +32,12 @@ from .sources import load_pretraining_data
 
 logger = get_logger(__name__)
 
-LOSS_TERMS = (
-    "loss",
-    "query_product_loss",
-    "title_image_loss",
-    "query_title_loss",
-    "query_image_loss",
-    "keyword_title_loss",
-    "query_keyword_loss",
-)
+# `loss` and every loss term, in the order `MakeOutput` declares them.
+LOSS_TERMS = tuple(field.name for field in dataclasses.fields(MakeOutput) if field.name.endswith("loss"))
 
 
 def pretrain(args: PretrainArguments) -> dict:
     """Train MAKE as `args` says; return the final evaluation (also written to `args.output_dir`)."""
-    from ..data import MakeCollator, SkippedRows
-    from ..evaluation import evaluate_retrieval, format_results
-
     accelerator = Accelerator(
         cpu=_multi_process_without_gpu(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -152,7 +146,7 @@ def pretrain(args: PretrainArguments) -> dict:
 
             if args.eval_steps and completed_steps % args.eval_steps == 0 and completed_steps < max_train_steps:
                 evaluations.append(
-                    _validate(accelerator, model, processor, data, args, completed_steps, evaluate_retrieval)
+                    _validate(accelerator, model, processor, data, args, completed_steps)
                 )
                 model.train()
 
@@ -175,12 +169,12 @@ def pretrain(args: PretrainArguments) -> dict:
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         unwrapped.eval()
-        results = _final_evaluation(unwrapped, processor, data, args, evaluate_retrieval)
+        results = _final_evaluation(unwrapped, processor, data, args)
         results["train_seconds"] = round(train_seconds, 1)
         results["steps"] = completed_steps
         results["skipped_rows"] = skipped.summary()
         skipped.log()
-        _write_outputs(unwrapped, processor, data, args, results, history, evaluations, format_results)
+        _write_outputs(unwrapped, processor, data, args, results, history, evaluations)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return results
@@ -212,7 +206,7 @@ def _loss_row(accelerator, model, outputs, step: int, learning_rate: float) -> d
     return row
 
 
-def _validate(accelerator, model, processor, data, args, step, evaluate_retrieval) -> dict:
+def _validate(accelerator, model, processor, data, args, step) -> dict:
     """Recall@K on the validation split (title + image) and the mean image weight per category."""
     summary = {"step": step}
     if accelerator.is_main_process:
@@ -260,7 +254,7 @@ def _save_checkpoint(accelerator, processor, checkpoint_dir, step, history, eval
     accelerator.wait_for_everyone()
 
 
-def _final_evaluation(model, processor, data, args, evaluate_retrieval) -> dict:
+def _final_evaluation(model, processor, data, args) -> dict:
     """The test split under the three conditions, with buckets, category groups and modal weights."""
     return evaluate_retrieval(
         model,
@@ -273,7 +267,7 @@ def _final_evaluation(model, processor, data, args, evaluate_retrieval) -> dict:
     )
 
 
-def _write_outputs(model, processor, data, args, results, history, evaluations, format_results) -> None:
+def _write_outputs(model, processor, data, args, results, history, evaluations) -> None:
     """Model, processor, card, evaluation table and plots, each written atomically into `output_dir`."""
     from ..modelcard import generate_model_card
 
