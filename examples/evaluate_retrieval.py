@@ -5,7 +5,7 @@ r"""Evaluate a saved MAKE model on a product search set and write the results as
 
     # Emoji-CLDR-3D, English, from the npm tarballs in a folder
     python examples/evaluate_retrieval.py --model outputs/make-small \
-        --dataset emoji --emoji-source ../shared/data/emoji
+        --dataset emoji --emoji-source DIR_WITH_TARBALLS
 
     # your own catalogue and queries (JSONL/CSV/Parquet; image paths relative to the file)
     python examples/evaluate_retrieval.py --model outputs/make-small --products products.jsonl --queries queries.jsonl
