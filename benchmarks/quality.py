@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from peers import bm25_scores, score_peer, sentence_encoder_scores  # noqa: E402
 
 from make_hf.training import PretrainArguments, pretrain  # noqa: E402
-from make_hf.training.atomic import write_json, write_text  # noqa: E402
+from make_hf.atomic import write_json, write_text  # noqa: E402
 from make_hf.training.sources import load_pretraining_data  # noqa: E402
 
 PRESETS = ("make-small", "clip", "make-no-ma", "make-no-ke", "make-shared-encoder", "make-fn-mask")

@@ -22,6 +22,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from .atomic import write_json
 from .evaluation import CONDITIONS
 from .index import INDEX_KINDS
 
@@ -43,16 +44,6 @@ def _load_model(path: str, device: str | None):
     model = MakeModel.from_pretrained(path).to(_device(device)).eval()
     processor = MakeProcessor.from_pretrained(path)
     return model, processor
-
-
-def _write_json(path: str, data) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def run_encode(args: argparse.Namespace) -> int:
@@ -146,7 +137,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     print(format_results(results), end="")
     if args.output:
-        _write_json(args.output, results)
+        write_json(args.output, results)
         print(f"-> {args.output}")
     return 0
 

@@ -23,13 +23,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+
+from .atomic import atomic_path
 
 INDEX_KINDS = ("flat", "hnsw", "ivfpq")
 """The index kinds `ProductIndex.build` accepts."""
@@ -92,15 +93,8 @@ def _check_ids(product_ids: Sequence, num_vectors: int, existing: Sequence = ())
 
 def _write_atomically(path: str, write) -> None:
     """Write through a temporary file in the same folder and rename it over `path` (never a half-written file)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _write_json(path: str, data: Any) -> None:

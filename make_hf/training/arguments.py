@@ -81,5 +81,15 @@ class PretrainArguments:
     hub_model_id: str | None = field(default=None, metadata={"help": "Repository id for --push_to_hub."})
     hub_private: bool = field(default=False, metadata={"help": "Create the hub repository as private."})
 
+    def __post_init__(self):
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
+        for name in ("max_train_steps", "checkpointing_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1 (or left unset), got {getattr(self, name)}.")
+        if self.eval_steps < 0:
+            raise ValueError(f"--eval_steps must be 0 (no validation during training) or more, got {self.eval_steps}.")
+
 
 __all__ = ["PretrainArguments"]

@@ -7,7 +7,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: training machines have no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .atomic import atomic_path  # noqa: E402
+from ..atomic import atomic_path  # noqa: E402
 
 
 def plot_losses(history: list[dict], path: str) -> str:

@@ -68,7 +68,14 @@ def _user_data(args: PretrainArguments) -> PretrainingData:
     name = os.path.basename(os.path.normpath(args.dataset))
     if isinstance(loaded, datasets.DatasetDict) and all(split in loaded for split in EVALUATION_SPLITS):
         return PretrainingData.from_dataset_dict(name, loaded, skipped=skipped)
-    rows = loaded["train"] if isinstance(loaded, datasets.DatasetDict) else loaded
+    if isinstance(loaded, datasets.DatasetDict):
+        if "train" not in loaded:
+            raise ValueError(
+                f"{args.dataset}: the dataset has splits {list(loaded)}; it needs a 'train' split of training rows "
+                f"(and optionally {list(EVALUATION_SPLITS)})."
+            )
+        loaded = loaded["train"]
+    rows = loaded
     data = split_by_product(name, rows, args.validation_fraction, seed=args.seed)
     data.skipped = skipped
     return data

@@ -23,7 +23,7 @@ from ..data import MakeCollator, SkippedRows
 from ..evaluation import evaluate_retrieval, format_results
 from ..modeling_make import MakeOutput
 from .arguments import PretrainArguments
-from .atomic import staged_directory, write_json, write_text
+from ..atomic import staged_directory, write_json, write_text
 from .checkpoints import prune_checkpoints, resolve_resume_path
 from .optimization import create_optimizer
 from .plots import plot_losses, plot_recall
@@ -79,17 +79,20 @@ def pretrain(args: PretrainArguments) -> dict:
             f"--per_device_train_batch_size {args.per_device_train_batch_size} per process. Lower the batch size."
         )
     optimizer = create_optimizer(model, args.learning_rate, args.weight_decay)
+    model, optimizer, train_dataloader = accelerator.prepare(model, optimizer, train_dataloader)
 
-    steps_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
+    # Counted on the prepared (per-process) loader; the last step of an epoch may have fewer micro-batches.
+    steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
     num_epochs = math.ceil(max_train_steps / steps_per_epoch)
     scheduler = get_scheduler(
         args.lr_scheduler_type,
         optimizer=optimizer,
+        # A prepared scheduler steps once per process for every optimiser step.
         num_warmup_steps=args.warmup_steps * accelerator.num_processes,
         num_training_steps=max_train_steps * accelerator.num_processes,
     )
-    model, optimizer, train_dataloader, scheduler = accelerator.prepare(model, optimizer, train_dataloader, scheduler)
+    scheduler = accelerator.prepare(scheduler)
 
     if args.report_to != "none":
         accelerator.init_trackers("make_pretraining", config=_tracker_config(args))
@@ -102,8 +105,8 @@ def pretrain(args: PretrainArguments) -> dict:
         completed_steps, history, evaluations = state["step"], state["history"], state["evaluations"]
         logger.info(f"Resumed from {resume_path} at step {completed_steps}.", main_process_only=True)
 
-    micro_batches_done = completed_steps * args.gradient_accumulation_steps
-    starting_epoch, skip_batches = divmod(micro_batches_done, len(train_dataloader))
+    starting_epoch, steps_into_epoch = divmod(completed_steps, steps_per_epoch)
+    skip_batches = steps_into_epoch * args.gradient_accumulation_steps
     progress = tqdm(
         total=max_train_steps, initial=completed_steps, desc="pre-training", disable=not accelerator.is_main_process
     )
@@ -122,6 +125,12 @@ def pretrain(args: PretrainArguments) -> dict:
             batches = accelerator.skip_first_batches(train_dataloader, skip_batches)
         for batch in batches:
             if len(batch) == 0:  # every row of the batch was unreadable (already counted in the report)
+                if accelerator.num_processes > 1:
+                    raise RuntimeError(
+                        "Every row of a training batch was unreadable on one process, so the processes can no "
+                        "longer step together. The data changed after loading (see the skipped-rows report); "
+                        "fix or remove those rows and resume with --resume_from_checkpoint latest."
+                    )
                 continue
             with accelerator.accumulate(model):
                 outputs = model(**batch, return_loss=True)
