@@ -143,6 +143,20 @@ def test_save_to_disk_dataset_dict_keeps_evaluation_splits(shop_dir):
     assert isinstance(only_train, datasets.Dataset) and only_train.num_rows == 2
 
 
+def test_relative_image_paths_of_an_evaluation_catalogue_are_resolved(tmp_path):
+    saved = tmp_path / "saved"
+    (saved / "img").mkdir(parents=True)
+    Image.new("RGB", (8, 8), "red").save(saved / "img" / "a.png")
+    rows = {"product_id": ["a"], "title": ["red mug"], "image": ["img/a.png"]}
+    datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({**rows, "query": ["red mug"]}),
+        "test_products": datasets.Dataset.from_dict(rows),
+    }).save_to_disk(str(saved))
+    loaded = load_triples(saved)
+    assert loaded["train"]["image"] == [str(saved / "img" / "a.png")]
+    assert loaded["test_products"]["image"] == [str(saved / "img" / "a.png")]
+
+
 def test_in_memory_dataset_and_derived_product_ids(shop_dir):
     good = (shop_dir / "images" / "red.png").read_bytes()
     rows = load_triples(_image_dataset(good).remove_columns("product_id"))

@@ -94,6 +94,15 @@ def _resolve(image: Any, root: Path | None) -> Any:
     return image
 
 
+def _resolve_column(dataset: datasets.Dataset, column: str | None, root: Path | None) -> datasets.Dataset:
+    """Resolve relative image paths of a split that holds no training rows (an evaluation catalogue)."""
+    if column is None or root is None or column not in dataset.column_names:
+        return dataset
+    if not isinstance(dataset.features[column], datasets.Value):  # decoded images or bytes: nothing to resolve
+        return dataset
+    return dataset.map(lambda row: {column: _resolve(row[column], root)})
+
+
 def _read(source: str | os.PathLike, split: str | None) -> tuple[datasets.Dataset | datasets.DatasetDict, Path | None]:
     """The raw dataset behind `source` and the folder that relative image paths start from."""
     path = Path(source).expanduser()
@@ -271,7 +280,8 @@ def load_triples(
             result = datasets.DatasetDict({
                 key: _standardise(value, f"{name}[{key}]", root, columns, **options)
                 if query_column in value.column_names and (title_column in value.column_names
-                                                           or image_column in value.column_names) else value
+                                                           or image_column in value.column_names)
+                else _resolve_column(value, image_column, root)
                 for key, value in data.items()
             })
     else:
