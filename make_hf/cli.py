@@ -39,8 +39,12 @@ def _load_model(path: str, device: str | None):
     from .modeling_make import MakeModel
     from .processing_make import MakeProcessor
 
-    if not (os.path.isdir(path) or path.count("/") == 1):
-        raise FileNotFoundError(f"--model {path!r}: no such folder (and not a Hub id like org/name).")
+    looks_local = path.startswith((".", "/", "~")) or os.path.isdir(path.split("/")[0])
+    if not os.path.isdir(path) and (looks_local or path.count("/") != 1):
+        raise FileNotFoundError(
+            f"--model {path!r}: no such folder. Pass a folder written by save_pretrained (e.g. the --output_dir of "
+            "examples/pretrain.py) or a Hub id like org/name."
+        )
     model = MakeModel.from_pretrained(path).to(_device(device)).eval()
     processor = MakeProcessor.from_pretrained(path)
     return model, processor
