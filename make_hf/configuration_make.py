@@ -139,6 +139,14 @@ class MakeConfig(PreTrainedConfig):
         share_text_encoder (`bool`, defaults to `False`):
             If `True`, titles go through the query encoder and its projection (one text tower, as in CLIP); MAKE
             uses a separate query encoder.
+        share_projection (`bool`, defaults to `False`):
+            (ours) Project titles with the query encoder's projection: two text encoders, one map into the shared
+            space (ADE-SPE in Dong et al. 2022, "Exploring Dual Encoder Architectures for Question Answering").
+            Needs equal query and title hidden sizes; implied by `share_text_encoder`.
+        tie_word_embeddings (`bool`, defaults to `False`):
+            (ours) The title encoder uses the query encoder's word-embedding matrix (ADE-STE in Dong et al. 2022),
+            tied through transformers' tied-weights mechanism, so checkpoints store it once. Needs a title encoder
+            with the query encoder's vocabulary and embedding size.
         fusion (`str`, defaults to `"modal_adaptation"`):
             How title and image embeddings make the product embedding: `"modal_adaptation"` (learned per-product
             weights), `"mean"` (equal weights), `"title"` or `"image"` (one modality; the other is used only when the
@@ -190,6 +198,8 @@ class MakeConfig(PreTrainedConfig):
     text_pooling: str = "mean"
     vision_pooling: str = "cls"
     share_text_encoder: bool = False
+    share_projection: bool = False
+    tie_word_embeddings: bool = False
     fusion: str = "modal_adaptation"
     modal_adaptation_hidden_size: int | None = None
     keyword_enhancement: bool = True
@@ -239,6 +249,26 @@ class MakeConfig(PreTrainedConfig):
             )
         if not self.share_text_encoder and self.title_config is None:
             raise ValueError("`title_config` is None but `share_text_encoder=False`: give a title encoder config.")
+        if self.share_projection and self.title_config is not None:
+            sizes = (self.query_config.hidden_size, self.title_config.hidden_size)
+            if sizes[0] != sizes[1]:
+                raise ValueError(
+                    f"`share_projection=True` needs equal query and title hidden sizes, got {sizes[0]} and {sizes[1]}; "
+                    "use towers of one width or set `share_projection=False`."
+                )
+        if self.tie_word_embeddings:
+            if self.title_config is None:
+                raise ValueError(
+                    "`tie_word_embeddings=True` ties the title encoder's word embeddings to the query encoder's, but "
+                    "`share_text_encoder=True` leaves no title encoder; drop one of the two settings."
+                )
+            for attribute in ("vocab_size", "hidden_size"):
+                values = (getattr(self.query_config, attribute, None), getattr(self.title_config, attribute, None))
+                if values[0] != values[1]:
+                    raise ValueError(
+                        f"`tie_word_embeddings=True` needs the query and title encoders to share `{attribute}`, got "
+                        f"{values[0]} and {values[1]}; use one tokenizer and width for both or untie them."
+                    )
         for name in ("query_config", "title_config", "vision_config"):
             sub_config = getattr(self, name)
             if sub_config is not None and getattr(sub_config, "hidden_size", None) is None:

@@ -191,6 +191,7 @@ def encode_products(
     conditions: Iterable[str] = CONDITIONS,
     batch_size: int = 64,
     show_progress: bool = True,
+    image_features: Any = None,
 ) -> EncodedProducts:
     """Encode a catalogue with `model.get_product_features` under each condition.
 
@@ -205,6 +206,8 @@ def encode_products(
         conditions: any of `"title+image"`, `"title"`, `"image"`.
         batch_size: products per forward pass.
         show_progress: show a tqdm progress bar.
+        image_features (`ImageFeatureCache`, *optional*): for a model with a locked image tower, take the tower's
+            outputs from this cache (filled with the catalogue's images first) instead of running the tower.
     """
     conditions = _check_conditions(conditions)
     if batch_size < 1:
@@ -249,9 +252,18 @@ def encode_products(
             has_title[start:end], has_image[start:end] = batch_title, batch_image
             inputs = processor(
                 title=titles if batch_title.any() else None,
-                images=images if batch_image.any() else None,
+                images=images if batch_image.any() and image_features is None else None,
                 return_tensors="pt",
             )
+            if image_features is not None and batch_image.any():
+                image_features.fill(images)
+                inputs["image_features"], inputs["image_mask"] = image_features.lookup(images)
+                unreadable = (batch_image & ~inputs["image_mask"].bool()).nonzero().flatten().tolist()
+                if unreadable:
+                    raise ValueError(
+                        f"products[{start + unreadable[0]}] (product_id {product_ids[start + unreadable[0]]!r}): "
+                        "its image cannot be read; fix or drop it."
+                    )
             text = {}
             if "title_input_ids" in inputs:
                 text = {
@@ -259,11 +271,9 @@ def encode_products(
                     "title_attention_mask": inputs["title_attention_mask"].to(device),
                 }
             pixels = {}
-            if "pixel_values" in inputs:
-                pixels = {
-                    "pixel_values": inputs["pixel_values"].to(device, dtype),
-                    "image_mask": inputs["image_mask"].to(device),
-                }
+            for key in ("pixel_values", "image_features"):
+                if key in inputs:
+                    pixels = {key: inputs[key].to(device, dtype), "image_mask": inputs["image_mask"].to(device)}
             for condition in conditions:
                 if condition == "title+image":
                     rows = torch.ones(end - start, dtype=torch.bool)
@@ -456,6 +466,8 @@ def evaluate_retrieval(
     max_queries: int | None = None,
     encoded_products: EncodedProducts | None = None,
     show_progress: bool = True,
+    image_features: Any = None,
+    return_per_query: bool = False,
 ) -> dict[str, Any]:
     """Encode, search exactly and score a product search set under each condition.
 
@@ -472,6 +484,9 @@ def evaluate_retrieval(
         encoded_products: a catalogue already encoded by `encode_products` with this model (skips product
             encoding; must hold every requested condition).
         show_progress: tqdm progress bars.
+        image_features (`ImageFeatureCache`, *optional*): a locked image tower's cache (see `encode_products`).
+        return_per_query: also return each query's metrics (`section["per_query"][metric]`, a list in query
+            order), e.g. for a paired bootstrap between two models on the same queries.
 
     Returns:
         A JSON-able dict:
@@ -498,7 +513,8 @@ def evaluate_retrieval(
     model = _unwrap(model)
     if encoded_products is None:
         encoded_products = encode_products(
-            model, processor, products, conditions=conditions, batch_size=batch_size, show_progress=show_progress
+            model, processor, products, conditions=conditions, batch_size=batch_size, show_progress=show_progress,
+            image_features=image_features,
         )
     else:
         missing = [c for c in conditions if c not in encoded_products.embeds]
@@ -526,6 +542,8 @@ def evaluate_retrieval(
                 mask = torch.tensor([value == label for value in labels])
                 section[key][str(label)] = {**mean_metrics(metrics, mask), "num_queries": int(mask.sum())}
         section["num_retrievable_products"] = int(retrievable.sum())
+        if return_per_query:
+            section["per_query"] = {name: values.tolist() for name, values in metrics.items()}
         results[condition] = section
     if "title+image" in conditions:
         results.update(_image_weights(encoded_products))

@@ -337,7 +337,7 @@ class MakeModel(MakePreTrainedModel):
         self.query_projection = nn.Linear(config.query_config.hidden_size, config.projection_dim, bias=False)
         self.title_projection = (
             None
-            if config.share_text_encoder
+            if config.share_text_encoder or config.share_projection
             else nn.Linear(config.title_config.hidden_size, config.projection_dim, bias=False)
         )
         self.image_projection = nn.Linear(vision_width, config.projection_dim, bias=False)
@@ -347,6 +347,13 @@ class MakeModel(MakePreTrainedModel):
             else None
         )
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        if config.tie_word_embeddings:
+            # Read by `post_init` / `tie_weights`: the title tower's matrix becomes the query tower's parameter, and
+            # `save_pretrained` stores it once.
+            self._tied_weights_keys = {
+                _word_embedding_name(self, "title_model"): _word_embedding_name(self, "query_model")
+            }
+        self.image_tower_locked = False
         self.post_init()
 
     # ------------------------------------------------------------------------------------------------ encoders
@@ -424,24 +431,43 @@ class MakeModel(MakePreTrainedModel):
         """
         if self.title_model is None:
             return self.get_query_features(input_ids, attention_mask, token_type_ids, project, normalize)
+        projection = self.query_projection if self.title_projection is None else self.title_projection
         return self._encode_text(
-            self.title_model, self.title_projection, input_ids, attention_mask, token_type_ids, project, normalize
+            self.title_model, projection, input_ids, attention_mask, token_type_ids, project, normalize
         )
 
     def get_image_features(
-        self, pixel_values: torch.FloatTensor, project: bool = True, normalize: bool = True
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        project: bool = True,
+        normalize: bool = True,
+        image_features: torch.FloatTensor | None = None,
     ) -> torch.FloatTensor:
         """
         Encode images with the image encoder.
 
         Args:
-            pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`): at `config.vision_config.image_size`.
+            pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`): at the image processor's size.
             project, normalize: as in [`~MakeModel.get_query_features`].
+            image_features (`torch.FloatTensor` of shape `(B, vision_width)`, *optional*): the image encoder's pooled
+                outputs computed earlier (what `project=False` returns), e.g. by an `ImageFeatureCache` for a locked
+                image tower; used instead of `pixel_values`, skipping the encoder.
 
         Returns:
             `torch.FloatTensor` of shape `(B, projection_dim)`.
         """
-        pixel_values = pixel_values.to(self.image_projection.weight.dtype)
+        if image_features is not None:
+            pooled = image_features.to(self.image_projection.weight.dtype)
+        elif pixel_values is not None:
+            pooled = self._pool_image_tower(pixel_values.to(self.image_projection.weight.dtype))
+        else:
+            raise ValueError("`get_image_features` needs `pixel_values` or `image_features`; got neither.")
+        if not project:
+            return pooled
+        embeds = self.image_projection(pooled)
+        return F.normalize(embeds, dim=-1) if normalize else embeds
+
+    def _pool_image_tower(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
         outputs = self.vision_model(pixel_values=pixel_values, return_dict=True)
         if self.config.vision_pooling == "pooler":
             pooled = outputs.pooler_output
@@ -450,12 +476,7 @@ class MakeModel(MakePreTrainedModel):
         else:
             hidden_states = outputs.last_hidden_state
             pooled = hidden_states.mean(dim=1) if hidden_states.dim() == 3 else hidden_states.mean(dim=(2, 3))
-        if pooled.dim() > 2:
-            pooled = pooled.flatten(1)
-        if not project:
-            return pooled
-        embeds = self.image_projection(pooled)
-        return F.normalize(embeds, dim=-1) if normalize else embeds
+        return pooled.flatten(1) if pooled.dim() > 2 else pooled
 
     def _fuse(self, title_embeds, image_embeds, has_title, has_image):
         if title_embeds is None:
@@ -480,6 +501,7 @@ class MakeModel(MakePreTrainedModel):
         title_attention_mask: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         image_mask: torch.LongTensor | None = None,
+        image_features: torch.FloatTensor | None = None,
     ) -> tuple[torch.FloatTensor, torch.FloatTensor]:
         """
         Encode products from their title and/or image and fuse them (Modal Adaptation unless `config.fusion` says
@@ -491,21 +513,26 @@ class MakeModel(MakePreTrainedModel):
             pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`, *optional*).
             image_mask (`torch.LongTensor` of shape `(B,)`, *optional*): 1 where the product has an image; defaults to
                 all ones when `pixel_values` is given.
+            image_features (`torch.FloatTensor` of shape `(B, vision_width)`, *optional*): pooled image-encoder
+                outputs computed earlier, instead of `pixel_values` (see [`~MakeModel.get_image_features`]).
 
         Returns:
             `(product_embeds, modal_weights)`: `(B, projection_dim)` normalised embeddings and `(B, 2)`
             `[title weight, image weight]`.
         """
         title_embeds, image_embeds, has_title, has_image = self._encode_product_parts(
-            title_input_ids, title_attention_mask, pixel_values, image_mask
+            title_input_ids, title_attention_mask, pixel_values, image_mask, image_features
         )
         return self._fuse(title_embeds, image_embeds, has_title, has_image)
 
-    def _encode_product_parts(self, title_input_ids, title_attention_mask, pixel_values, image_mask):
-        if title_input_ids is None and pixel_values is None:
-            raise ValueError("A product needs `title_input_ids` or `pixel_values` (or both); got neither.")
-        batch_size = title_input_ids.shape[0] if title_input_ids is not None else pixel_values.shape[0]
-        device = title_input_ids.device if title_input_ids is not None else pixel_values.device
+    def _encode_product_parts(self, title_input_ids, title_attention_mask, pixel_values, image_mask, image_features):
+        image_input = image_features if image_features is not None else pixel_values
+        if title_input_ids is None and image_input is None:
+            raise ValueError(
+                "A product needs `title_input_ids` or `pixel_values` / `image_features` (or both); got neither."
+            )
+        batch_size = title_input_ids.shape[0] if title_input_ids is not None else image_input.shape[0]
+        device = title_input_ids.device if title_input_ids is not None else image_input.device
         title_embeds = image_embeds = None
         has_title = has_image = torch.zeros(batch_size, dtype=torch.bool, device=device)
         if title_input_ids is not None:
@@ -513,11 +540,11 @@ class MakeModel(MakePreTrainedModel):
                 title_attention_mask = torch.ones_like(title_input_ids)
             has_title = title_attention_mask.sum(dim=-1) > 0
             title_embeds = self.get_title_features(title_input_ids, title_attention_mask)
-        if pixel_values is not None:
+        if image_input is not None:
             has_image = (
                 torch.ones(batch_size, dtype=torch.bool, device=device) if image_mask is None else image_mask.bool()
             )
-            image_embeds = self.get_image_features(pixel_values)
+            image_embeds = self.get_image_features(pixel_values, image_features=image_features)
         return title_embeds, image_embeds, has_title, has_image
 
     # ------------------------------------------------------------------------------------------------ forward
@@ -529,6 +556,7 @@ class MakeModel(MakePreTrainedModel):
         title_attention_mask: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         image_mask: torch.LongTensor | None = None,
+        image_features: torch.FloatTensor | None = None,
         keyword_input_ids: torch.LongTensor | None = None,
         keyword_attention_mask: torch.LongTensor | None = None,
         query_term_ids: torch.LongTensor | None = None,
@@ -546,6 +574,8 @@ class MakeModel(MakePreTrainedModel):
                 all-zero mask row means "no title".
             pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`, *optional*): images.
             image_mask (`torch.LongTensor` of shape `(B,)`, *optional*): 1 where the product has an image.
+            image_features (`torch.FloatTensor` of shape `(B, vision_width)`, *optional*): pooled image-encoder
+                outputs computed earlier (a locked image tower's cached features), instead of `pixel_values`.
             keyword_input_ids, keyword_attention_mask (`torch.LongTensor` of shape `(B, Lq)`, *optional*): title
                 keywords, encoded by the query encoder (used when `config.keyword_enhancement`).
             query_term_ids (`torch.LongTensor` of shape `(B, Tq)`, *optional*), keyword_term_ids (`(B, Tk)`):
@@ -566,6 +596,7 @@ class MakeModel(MakePreTrainedModel):
             title_attention_mask=title_attention_mask,
             pixel_values=pixel_values,
             image_mask=image_mask,
+            image_features=image_features,
             keyword_input_ids=keyword_input_ids,
             keyword_attention_mask=keyword_attention_mask,
             query_term_ids=query_term_ids,
@@ -581,9 +612,9 @@ class MakeModel(MakePreTrainedModel):
                 if query_attention_mask is not None
                 else torch.ones(query_input_ids.shape[0], dtype=torch.bool, device=query_input_ids.device)
             )
-        if title_input_ids is not None or pixel_values is not None:
+        if title_input_ids is not None or pixel_values is not None or image_features is not None:
             title_embeds, image_embeds, has_title, has_image = self._encode_product_parts(
-                title_input_ids, title_attention_mask, pixel_values, image_mask
+                title_input_ids, title_attention_mask, pixel_values, image_mask, image_features
             )
             product_embeds, modal_weights = self._fuse(title_embeds, image_embeds, has_title, has_image)
         if keyword_input_ids is not None and self.config.keyword_enhancement:
@@ -749,6 +780,25 @@ class MakeModel(MakePreTrainedModel):
         return losses, logits_per_query, logits_per_product, masked_negatives
 
     # ------------------------------------------------------------------------------------------------ utilities
+    def lock_image_tower(self) -> "MakeModel":
+        """
+        Freeze the image encoder and keep it in eval mode (LiT, Zhai et al. 2022, "LiT: Zero-Shot Transfer with
+        Locked-image text Tuning"): its weights get no gradient and batch norm keeps its pretrained statistics, even
+        after `model.train()`. The image projection and Modal Adaptation still train. A locked tower computes the
+        same features for an image at every step, so they can be computed once (`make_hf.ImageFeatureCache`).
+        Returns the model.
+        """
+        self.vision_model.requires_grad_(False)
+        self.vision_model.eval()
+        self.image_tower_locked = True
+        return self
+
+    def train(self, mode: bool = True) -> "MakeModel":
+        super().train(mode)
+        if self.image_tower_locked:
+            self.vision_model.eval()
+        return self
+
     @torch.no_grad()
     def clamp_logit_scale(self) -> None:
         """
@@ -766,6 +816,7 @@ class MakeModel(MakePreTrainedModel):
         title: str | os.PathLike | PreTrainedModel | PreTrainedConfig | None = None,
         vision: str | os.PathLike | PreTrainedModel | PreTrainedConfig | None = None,
         tower_kwargs: dict | None = None,
+        query_num_hidden_layers: int | None = None,
         **config_kwargs,
     ) -> "MakeModel":
         """
@@ -782,6 +833,9 @@ class MakeModel(MakePreTrainedModel):
             vision: the image encoder, same forms (required). Its `image_size` is what the processor must produce.
             tower_kwargs (`dict`, *optional*): passed to every `from_pretrained` call (`revision`, `cache_dir`,
                 `dtype`, ...).
+            query_num_hidden_layers (`int`, *optional*): keep this many evenly spaced layers of the query encoder
+                (every other one for half, as DistilBERT is initialised): a smaller query tower, the only tower that
+                runs per request. The title encoder keeps all its layers.
             config_kwargs: `MakeConfig` fields (`projection_dim`, `fusion`, loss weights, ...). `text_pooling`
                 defaults to the pooling a sentence-transformers query checkpoint declares (mean or CLS).
 
@@ -808,11 +862,13 @@ class MakeModel(MakePreTrainedModel):
         tower_kwargs = dict(tower_kwargs or {})
         keep_vision_pooler = config_kwargs.get("vision_pooling", "cls") == "pooler"
 
+        if not share and title is None:
+            title = copy.deepcopy(query) if isinstance(query, (PreTrainedModel, PreTrainedConfig)) else query
         query_model, query_pooling = cls._load_tower(query, "query", False, tower_kwargs)
+        if query_num_hidden_layers is not None:
+            query_model = _keep_evenly_spaced_layers(query_model, query_num_hidden_layers)
         title_model = None
         if not share:
-            if title is None:
-                title = copy.deepcopy(query) if isinstance(query, (PreTrainedModel, PreTrainedConfig)) else query
             title_model, title_pooling = cls._load_tower(title, "title", False, tower_kwargs)
             if query_pooling and title_pooling and query_pooling != title_pooling:
                 logger.warning(
@@ -857,6 +913,36 @@ class MakeModel(MakePreTrainedModel):
             load_kwargs["add_pooling_layer"] = False
         tower = AutoModel.from_pretrained(spec, config=config, **load_kwargs)
         return (tower if keep_pooler else _without_pooler(tower)), pooling
+
+
+def _keep_evenly_spaced_layers(tower: PreTrainedModel, num_layers: int) -> PreTrainedModel:
+    """
+    Shorten a BERT-style text encoder (`tower.encoder.layer`) to `num_layers` evenly spaced layers, in place.
+
+    Layers `i * L // num_layers` are kept (0, 2, 4 of 6), the initialisation DistilBERT uses for a student half the
+    depth of its teacher; `config.num_hidden_layers` follows.
+    """
+    layers = getattr(getattr(tower, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(
+            f"Cannot shorten a {type(tower).__name__}: it has no `encoder.layer` list; leave "
+            "`query_num_hidden_layers` unset for this query encoder."
+        )
+    total = len(layers)
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not 1 <= num_layers <= total:
+        raise ValueError(f"`query_num_hidden_layers` must be an integer in [1, {total}], got {num_layers!r}.")
+    tower.encoder.layer = nn.ModuleList(layers[index * total // num_layers] for index in range(num_layers))
+    tower.config.num_hidden_layers = num_layers
+    return tower
+
+
+def _word_embedding_name(model: nn.Module, tower: str) -> str:
+    """The parameter name (`"<tower>.<path>.weight"`) of a text tower's input word-embedding matrix."""
+    embeddings = getattr(model, tower).get_input_embeddings()
+    for name, module in getattr(model, tower).named_modules():
+        if module is embeddings:
+            return f"{tower}.{name}.weight"
+    raise ValueError(f"`{tower}` has no input embedding module to tie; set `tie_word_embeddings=False`.")
 
 
 def _all_gather_autograd(tensor: torch.Tensor) -> torch.Tensor:

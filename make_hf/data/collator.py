@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..image_feature_cache import image_content_key
 from ..image_utils import load_image
 from .files import SOURCE_ROW_COLUMN, _is_blank
 from .skipped import SkippedRows
@@ -50,6 +51,9 @@ class MakeCollator:
         source: the name used for rows in the report (default: the data file name is unknown here, "batch").
         padding: `"longest"` (default: pad each text field to the batch's longest row, as `DataCollatorWithPadding`
             does; a 20-token title then costs 20 positions, not the title max length) or `"max_length"`.
+        image_features (`ImageFeatureCache`, *optional*): a locked image tower's cache, filled with the rows'
+            images. The batch then carries `image_features` (the cached tower outputs) instead of `pixel_values`,
+            and no image is decoded; a row whose image the cache could not encode is skipped as corrupt.
 
     Returns (from `__call__`):
         A `BatchFeature` with the processor's keys (`query_input_ids`, `title_input_ids`, `pixel_values`,
@@ -71,6 +75,7 @@ class MakeCollator:
         source: str | None = None,
         return_tensors: str = "pt",
         padding: str = "longest",
+        image_features=None,
     ):
         self.processor = processor
         self.query_column = query_column
@@ -82,6 +87,7 @@ class MakeCollator:
         self.source = source
         self.return_tensors = return_tensors
         self.padding = padding
+        self.image_features = image_features
 
     def _skip(self, row: Mapping[str, Any], position: int, reason: str, detail: str) -> None:
         index = row.get(SOURCE_ROW_COLUMN)
@@ -115,7 +121,7 @@ class MakeCollator:
             if not (_is_blank(image) or (isinstance(image, Mapping) and image.get("bytes") is None
                                          and _is_blank(image.get("path")))):
                 try:
-                    loaded = load_image(image, "image")
+                    loaded = self._image(image)
                 except FileNotFoundError as error:
                     self._skip(row, position, "missing_image", str(error))
                     continue
@@ -132,18 +138,33 @@ class MakeCollator:
             product_ids.append(product_id)
         if not queries:
             return _empty_batch()
+        cached = self.image_features is not None and has["image"]
         batch = self.processor(
             query=queries if has["query"] else None,
             title=titles if has["title"] else None,
-            images=images if has["image"] else None,
+            images=images if has["image"] and not cached else None,
             return_tensors=self.return_tensors,
             extract_keywords=self.extract_keywords,
             padding=self.padding,
         )
+        if cached:
+            features, image_mask = self.image_features.lookup(images)
+            batch["image_features"], batch["image_mask"] = features, image_mask
         if has["product_id"]:
             ids = [hash_product_id(product_id) for product_id in product_ids]
             batch["product_ids"] = torch.tensor(ids, dtype=torch.long) if self.return_tensors == "pt" else ids
         return batch
+
+
+    def _image(self, image: Any) -> Any:
+        """The decoded image, or with a feature cache the undecoded one once its cached entry is confirmed."""
+        if self.image_features is None:
+            return load_image(image, "image")
+        key = image_content_key(image)
+        if key not in self.image_features:
+            reason = self.image_features.failures.get(key, "its features were not cached; fill the cache first")
+            raise ValueError(f"the image cannot be used: {reason}")
+        return image
 
 
 def _empty_batch():

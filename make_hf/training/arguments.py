@@ -19,6 +19,21 @@ class PretrainArguments:
                   "e.g. a sentence-transformers MiniLM) initialises the query and title towers and gives the "
                   "tokenizer; VISION, if given, initialises the image tower. The other sizes come from --model."},
     )
+    query_num_hidden_layers: int | None = field(
+        default=None,
+        metadata={"help": "Layers of the query encoder (default: those of --model or TEXT). From TEXT, evenly spaced "
+                  "layers are kept (every other one for half). The query tower is the only one run per request."},
+    )
+    lock_image_tower: bool = field(
+        default=False,
+        metadata={"help": "Freeze the image encoder (batch norm in eval mode) and compute each distinct image's "
+                  "features once, cached on disk (LiT); the image projection and Modal Adaptation still train."},
+    )
+    image_feature_cache: str | None = field(
+        default=None,
+        metadata={"help": "Folder of the locked image tower's feature cache (default: <output_dir>/image_features). "
+                  "Entries are keyed by image content and tower, so several runs can share one folder."},
+    )
     vocab_size: int = field(
         default=8000, metadata={"help": "WordPiece vocabulary trained on the corpus when training from scratch."}
     )
@@ -72,6 +87,10 @@ class PretrainArguments:
     checkpoints_total_limit: int | None = field(default=2, metadata={"help": "Keep only the newest K checkpoints."})
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "A checkpoint-<step> folder, or 'latest' in <output_dir>/checkpoints."}
+    )
+    per_query_results: bool = field(
+        default=False,
+        metadata={"help": "Also write each test query's metrics into eval_results.json (for paired comparisons)."},
     )
     logging_steps: int = field(default=10, metadata={"help": "Log the loss terms every N steps."})
     report_to: str = field(

@@ -49,12 +49,15 @@ def build_model_and_processor(args: PretrainArguments, data, accelerator, resume
             query=text,
             title=None if config.share_text_encoder else text,
             vision=vision or config.vision_config,
+            query_num_hidden_layers=args.query_num_hidden_layers,
             **fields,
         )
     else:
         for text_config in (config.query_config, config.title_config):
             if text_config is not None:  # None: the title shares the query encoder
                 text_config.vocab_size = len(processor.tokenizer)
+        if args.query_num_hidden_layers is not None:
+            config.query_config.num_hidden_layers = args.query_num_hidden_layers
         model = MakeModel(config)
     return model, processor
 

@@ -61,8 +61,9 @@ def pretrain(args: PretrainArguments) -> dict:
     model, processor = build_model_and_processor(args, data, accelerator, resume_path)
     if args.activation_checkpointing:
         model.activation_checkpointing_enable()
+    image_features = _locked_image_features(args, model, processor, data, accelerator)
 
-    collator = MakeCollator(processor)
+    collator = MakeCollator(processor, image_features=image_features)
     train_dataloader = DataLoader(
         data.train,
         batch_size=args.per_device_train_batch_size,
@@ -155,7 +156,7 @@ def pretrain(args: PretrainArguments) -> dict:
 
             if args.eval_steps and completed_steps % args.eval_steps == 0 and completed_steps < max_train_steps:
                 evaluations.append(
-                    _validate(accelerator, model, processor, data, args, completed_steps)
+                    _validate(accelerator, model, processor, data, args, completed_steps, image_features)
                 )
                 model.train()
 
@@ -178,7 +179,7 @@ def pretrain(args: PretrainArguments) -> dict:
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         unwrapped.eval()
-        results = _final_evaluation(unwrapped, processor, data, args)
+        results = _final_evaluation(unwrapped, processor, data, args, image_features)
         results["train_seconds"] = round(train_seconds, 1)
         results["steps"] = completed_steps
         results["skipped_rows"] = skipped.summary()
@@ -215,7 +216,25 @@ def _loss_row(accelerator, model, outputs, step: int, learning_rate: float) -> d
     return row
 
 
-def _validate(accelerator, model, processor, data, args, step) -> dict:
+def _locked_image_features(args, model, processor, data, accelerator):
+    """With `--lock_image_tower`: freeze the tower and return its feature cache, filled with the training images
+    (by the main process first; the others then read its shards). Without it: None."""
+    if not args.lock_image_tower:
+        return None
+    from ..image_feature_cache import ImageFeatureCache, keep_images_encoded
+
+    model.lock_image_tower()
+    for split in ("train", "validation_products", "test_products"):
+        setattr(data, split, keep_images_encoded(getattr(data, split)))
+    directory = args.image_feature_cache or os.path.join(args.output_dir, "image_features")
+    with accelerator.main_process_first():
+        cache = ImageFeatureCache(directory, model, processor, batch_size=args.eval_batch_size)
+        added = cache.fill(data.train["image"], show_progress=accelerator.is_main_process)
+    logger.info(f"Image feature cache {cache.directory}: {len(cache)} images ({added} new).", main_process_only=True)
+    return cache
+
+
+def _validate(accelerator, model, processor, data, args, step, image_features=None) -> dict:
     """Recall@K on the validation split (title + image) and the mean image weight per category."""
     summary = {"step": step}
     if accelerator.is_main_process:
@@ -230,6 +249,7 @@ def _validate(accelerator, model, processor, data, args, step) -> dict:
             batch_size=args.eval_batch_size,
             max_queries=args.max_eval_queries,
             show_progress=False,
+            image_features=image_features,
         )
         overall = result["title+image"]["overall"]
         summary.update({k: v for k, v in overall.items() if k.startswith(("recall@", "mrr@", "ndcg@"))})
@@ -263,7 +283,7 @@ def _save_checkpoint(accelerator, processor, checkpoint_dir, step, history, eval
     accelerator.wait_for_everyone()
 
 
-def _final_evaluation(model, processor, data, args) -> dict:
+def _final_evaluation(model, processor, data, args, image_features=None) -> dict:
     """The test split under the three conditions, with buckets, category groups and modal weights."""
     return evaluate_retrieval(
         model,
@@ -273,6 +293,8 @@ def _final_evaluation(model, processor, data, args) -> dict:
         conditions=("title+image", "title", "image"),
         batch_size=args.eval_batch_size,
         show_progress=True,
+        image_features=image_features,
+        return_per_query=args.per_query_results,
     )
 
 
