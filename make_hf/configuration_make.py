@@ -128,7 +128,9 @@ class MakeConfig(PreTrainedConfig):
             `share_text_encoder=True` (there is no title encoder then).
         vision_config (`dict` or `PreTrainedConfig`, *optional*):
             Config of the image encoder, any Hugging Face vision encoder (default: ViT). Its `image_size` is the size
-            the processor must produce.
+            the processor must produce. A timm tower (`TimmWrapperConfig`, e.g. the EfficientNet-Lite of
+            `make_hf.image_towers.convert_efficientnet_lite`) brings its preprocessing in `pretrained_cfg` and its
+            width in `num_features` (used as its `hidden_size`); pool it with `vision_pooling="pooler"`.
         projection_dim (`int`, defaults to 256):
             Size of the shared embedding space; projections are bias-free linear maps.
         text_pooling (`str`, defaults to `"mean"`):
@@ -218,6 +220,11 @@ class MakeConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         if self.title_config is None and not self.share_text_encoder:
             self.title_config = copy.deepcopy(self.query_config)
+        for sub_config in (self.query_config, self.title_config, self.vision_config):
+            # timm towers (`TimmWrapperConfig`) name their output width `num_features`; MAKE projects `hidden_size`.
+            if sub_config is not None and getattr(sub_config, "hidden_size", None) is None:
+                if getattr(sub_config, "num_features", None) is not None:
+                    sub_config.hidden_size = sub_config.num_features
         self.validate_make()
 
     def validate(self):
@@ -274,7 +281,8 @@ class MakeConfig(PreTrainedConfig):
             if sub_config is not None and getattr(sub_config, "hidden_size", None) is None:
                 raise ValueError(
                     f"`{name}` ({type(sub_config).__name__}) has no `hidden_size`; use an encoder config "
-                    "(e.g. BertConfig, ViTConfig) whose outputs have a hidden size to project."
+                    "(e.g. BertConfig, ViTConfig) whose outputs have a hidden size to project, or a timm tower config "
+                    "with `num_features`."
                 )
         for name in LOSS_WEIGHT_NAMES:
             weight = getattr(self, name)

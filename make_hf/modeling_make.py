@@ -831,6 +831,8 @@ class MakeModel(MakePreTrainedModel):
                 separate encoders start from the same text checkpoint); with `share_text_encoder=True` it must be
                 omitted and titles use the query encoder.
             vision: the image encoder, same forms (required). Its `image_size` is what the processor must produce.
+                A timm tower (e.g. a folder written by `make_hf.image_towers.convert_efficientnet_lite`) brings its
+                own preprocessing and is pooled with its `pooler_output` unless `vision_pooling` is given.
             tower_kwargs (`dict`, *optional*): passed to every `from_pretrained` call (`revision`, `cache_dir`,
                 `dtype`, ...).
             query_num_hidden_layers (`int`, *optional*): keep this many evenly spaced layers of the query encoder
@@ -876,6 +878,9 @@ class MakeModel(MakePreTrainedModel):
                     f"{title_pooling!r}; MAKE uses one `text_pooling` ({query_pooling!r})."
                 )
         vision_model, _ = cls._load_tower(vision, "vision", keep_vision_pooler, tower_kwargs)
+        if vision_model.config.model_type == "timm_wrapper":
+            # A timm CNN's last hidden state is a feature map; its own pooled features are what MAKE projects.
+            config_kwargs.setdefault("vision_pooling", "pooler")
         if query_pooling is not None:
             config_kwargs.setdefault("text_pooling", query_pooling)
 

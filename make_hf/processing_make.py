@@ -6,7 +6,11 @@ argument names of `MakeModel.forward`, so `model(**processor(query=..., title=..
 
 The keyword extractor's fitted state is a JSON-able `__init__` argument (`keyword_extractor_state`), written to
 `processor_config.json` by `save_pretrained` and restored by `from_pretrained` / `AutoProcessor`; `ProcessorMixin`
-would silently drop it as a separate component.
+would silently drop it as a separate component. The image processor's backend (`image_backend`: "pil" for the
+processors `from_config` builds) is recorded the same way and restored by `from_pretrained`: the saved image
+processor JSON names the same class for the PIL and the torchvision backend, `AutoImageProcessor` picks torchvision
+whenever it is installed, and the two resize differently, so without the record a reloaded processor would give
+other pixel values (and a reloaded model other product embeddings) than the saved one.
 
 Only torch, numpy, PIL, transformers, the standard library and the sibling modules are imported (relatively):
 this file is copied next to a saved processor and loaded as remote code (`trust_remote_code=True`).
@@ -19,11 +23,19 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from transformers import BatchFeature, ProcessorMixin
+from transformers import AutoImageProcessor, BatchFeature, ProcessorMixin
+from transformers.utils import logging
 
 from .hub_access import hub_access
+from .image_towers import image_processor_for
 from .image_utils import InvalidInputTypeError, load_images
 from .keywords import KeywordExtractor, hash_term
+
+
+logger = logging.get_logger(__name__)
+
+LEGACY_IMAGE_BACKEND = "pil"
+"""The backend of processors saved before the backend was recorded: MakeProcessor has always built PIL ones."""
 
 
 TEXT_KEYS = {
@@ -49,8 +61,9 @@ class MakeProcessor(ProcessorMixin):
 
     Args:
         image_processor (`BaseImageProcessor`):
-            A PIL-backend image processor (e.g. `ViTImageProcessorPil`) producing the vision tower's image size.
-            `MakeProcessor.from_config` builds one.
+            A PIL-backend image processor (e.g. `ViTImageProcessorPil`, `CLIPImageProcessorPil`) producing what the
+            vision tower expects. `MakeProcessor.from_config` builds the matching one
+            (`make_hf.image_towers.image_processor_for`).
         tokenizer (`PreTrainedTokenizerBase`):
             The text tokenizer for queries, titles and keywords (e.g. from `make_hf.tokenization.train_tokenizer`).
         keyword_extractor_state (`dict` or `KeywordExtractor`, *optional*):
@@ -66,6 +79,10 @@ class MakeProcessor(ProcessorMixin):
             Whether training-style calls (both `query` and `title` given, no `keywords`) extract keywords from
             the titles. Set from `config.keyword_enhancement` by `from_config`; a call's `extract_keywords=`
             overrides it.
+        image_backend (`str`, *optional*):
+            The backend (`"pil"` or `"torchvision"`) the image processor was saved with, passed by `from_pretrained`,
+            which loads the image processor with that backend. The attribute of the same name always holds the
+            backend of `image_processor` and is what `save_pretrained` records.
 
     Outputs (a `BatchFeature`, keys present when their inputs are):
         - `query_input_ids`, `query_attention_mask` (B, query_max_length)
@@ -99,6 +116,7 @@ class MakeProcessor(ProcessorMixin):
         title_max_length: int = 64,
         num_keywords: int = 8,
         extract_keywords: bool = True,
+        image_backend: str | None = None,
     ):
         for name, value in (
             ("query_max_length", query_max_length),
@@ -125,6 +143,14 @@ class MakeProcessor(ProcessorMixin):
                 f"None, got {type(keyword_extractor_state).__name__}."
             )
         super().__init__(image_processor, tokenizer)
+        self.image_backend = getattr(image_processor, "backend", None)
+        if image_backend is not None and image_backend != self.image_backend:
+            logger.warning(
+                f"The processor was saved with the {image_backend!r} image backend but its image processor is "
+                f"{type(image_processor).__name__} ({self.image_backend!r} backend), probably because "
+                f"{image_backend!r} is not available here: pixel values, and so product embeddings, can differ "
+                "slightly from those of the saved processor."
+            )
 
     # ------------------------------------------------------------------ construction and state
 
@@ -136,21 +162,32 @@ class MakeProcessor(ProcessorMixin):
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     @classmethod
+    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
+        """Load the image processor with the backend recorded in `processor_config.json` (PIL for folders saved
+        before it was recorded; `from_pretrained(..., image_backend="torchvision")` overrides it) and the
+        tokenizer as `ProcessorMixin` does. `ProcessorMixin` would let `AutoImageProcessor` pick the backend."""
+        backend = kwargs.pop("image_backend", None) or (processor_dict or {}).get(
+            "image_backend", LEGACY_IMAGE_BACKEND
+        )
+        subfolder = kwargs.pop("subfolder", "")
+        image_processor = AutoImageProcessor.from_pretrained(
+            pretrained_model_name_or_path, subfolder=subfolder, backend=backend, **kwargs
+        )
+        tokenizer = cls._load_tokenizer_from_pretrained(
+            "tokenizer", pretrained_model_name_or_path, subfolder=subfolder, **kwargs
+        )
+        return [image_processor, tokenizer]
+
+    @classmethod
     def from_config(cls, config, tokenizer, **kwargs) -> MakeProcessor:
-        """Build a processor matching a `MakeConfig`: a `ViTImageProcessorPil` at `config.vision_config.image_size`
-        and keyword extraction on when `config.keyword_enhancement` is.
+        """Build a processor matching a `MakeConfig`: the image processor its vision tower expects
+        (`make_hf.image_towers.image_processor_for`: a `ViTImageProcessorPil` at `config.vision_config.image_size`,
+        or a timm tower's own preprocessing) and keyword extraction on when `config.keyword_enhancement` is.
 
         `kwargs` go to `MakeProcessor.__init__` (e.g. `query_max_length=24`, `keyword_extractor_state=...`).
         The max lengths must fit the text towers' `max_position_embeddings`.
         """
-        from transformers import ViTImageProcessorPil
-
-        image_size = config.vision_config.image_size
-        if isinstance(image_size, (list, tuple)):
-            height, width = image_size
-        else:
-            height = width = image_size
-        image_processor = ViTImageProcessorPil(size={"height": int(height), "width": int(width)})
+        image_processor = image_processor_for(config.vision_config)
         kwargs.setdefault("extract_keywords", bool(getattr(config, "keyword_enhancement", True)))
         processor = cls(image_processor, tokenizer, **kwargs)
         for argument, tower in (("query_max_length", "query_config"), ("title_max_length", "title_config")):
@@ -176,7 +213,9 @@ class MakeProcessor(ProcessorMixin):
         # The default dumps the whole config, fitted vocabulary included, and `from_pretrained` formats it.
         settings = {
             key: getattr(self, key)
-            for key in ("query_max_length", "title_max_length", "num_keywords", "extract_keywords")
+            for key in (
+                "query_max_length", "title_max_length", "num_keywords", "extract_keywords", "image_backend"
+            )
         }
         return (
             f"{type(self).__name__}:\n- image_processor: {self.image_processor!r}\n- tokenizer: {self.tokenizer!r}\n"

@@ -1,9 +1,10 @@
 """Build the model and processor that `--model` / `--init_from_towers` describe."""
 
+import copy
 import json
 import os
 
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from .arguments import PretrainArguments
 
@@ -13,7 +14,8 @@ def build_model_and_processor(args: PretrainArguments, data, accelerator, resume
 
     - a saved MAKE folder or hub id: both are loaded from it;
     - a preset name or a config JSON, with `--init_from_towers TEXT [VISION]`: towers from those checkpoints, the
-      tokenizer from TEXT;
+      tokenizer from TEXT, the image preprocessing from VISION's config (e.g. a folder written by
+      `make-hf convert-image-tower`);
     - a preset name or a config JSON alone: random towers and a WordPiece vocabulary trained on the training
       queries and titles (so nothing is downloaded).
     The keyword extractor is fitted on the training titles and queries. The main process builds the processor
@@ -45,6 +47,10 @@ def build_model_and_processor(args: PretrainArguments, data, accelerator, resume
         fields = {
             name: getattr(config, name) for name in MakeConfig.__annotations__ if not name.endswith("_config")
         }
+        if vision is not None and fields["vision_pooling"] == MakeConfig.vision_pooling:
+            # The default pooling suits the preset's own ViT; a pretrained tower gets the one `from_towers` picks for
+            # it (a timm tower's `pooler_output`). Another pooling, from the config file or the overrides, is kept.
+            del fields["vision_pooling"]
         model = MakeModel.from_towers(
             query=text,
             title=None if config.share_text_encoder else text,
@@ -98,6 +104,10 @@ def _new_processor(args: PretrainArguments, config, data, processor_class):
     titles, queries = data.train["title"], data.train["query"]
     if args.init_from_towers:
         tokenizer = AutoTokenizer.from_pretrained(args.init_from_towers[0])
+        if len(args.init_from_towers) > 1:
+            # The pretrained image tower, not the preset, says how its images are preprocessed (size, crop, mean).
+            config = copy.deepcopy(config)
+            config.vision_config = AutoConfig.from_pretrained(args.init_from_towers[1])
     else:
         tokenizer = train_tokenizer(list(queries) + list(titles), vocab_size=args.vocab_size)
     processor = processor_class.from_config(config, tokenizer)
