@@ -1,40 +1,103 @@
 """Retrieval peers that need no training: BM25 over titles and a text-only sentence encoder (query -> title).
 
 They score the same evaluation sets as `make_hf.evaluation.evaluate_retrieval` with the same metrics, so their
-rows sit in the quality table next to the trained models.
+rows sit in the quality table next to the trained models. The trained text peer, a sentence-transformers
+fine-tune, lives in `sentence_transformers_baseline.py`.
+
+BM25 is `bm25s` (Lù 2024, "BM25S: Orders of magnitude faster lexical search via eager sparse scoring") rather
+than a hand-written copy: a baseline is only convincing when it is the one a user would run.
 """
 
-import math
-import re
-from collections import Counter
+import logging
 
 import torch
 
 from make_hf.metrics import max_cutoff, mean_metrics, per_query_metrics, ranks_from_scores
 
-WORD = re.compile(r"\w+", re.UNICODE)
+BM25_LANGUAGES = ("en", "zh")
+"""Languages `bm25_scores` can tokenise: English with bm25s' regex tokenizer, Chinese with jieba."""
+
+# bm25s' default pattern, \w\w+, drops one-character tokens; in product titles and queries those carry meaning
+# (sizes "s"/"m"/"l", "keycap: 1", "a button" vs "b button"), so every word character run is a token.
+ENGLISH_TOKEN_PATTERN = r"(?u)\b\w+\b"
 
 
-def words(text: str) -> list[str]:
-    return WORD.findall(text.lower())
+def bm25_tokens(texts: list[str], language: str = "en") -> list[list[str]]:
+    """The BM25 terms of each text: lowercased words, no stopword list, no stemmer.
+
+    English goes through `bm25s.tokenize` with `ENGLISH_TOKEN_PATTERN`. Chinese is written without spaces, so a
+    word-boundary regex would make a whole title one token: it is segmented with `jieba.lcut` (precise mode)
+    instead, dropping the whitespace and punctuation pieces jieba returns as tokens. No stemmer (PyStemmer is not
+    a dependency, and the query/title variants of a shop are colloquial words, abbreviations and typos that a
+    stemmer does not merge anyway); no stopword list either, since IDF already discounts the words every title
+    has, and short queries lose meaning without them ("a button").
+    """
+    _check_language(language)
+    _check_texts(texts, "texts")
+    if language == "zh":
+        import jieba
+
+        jieba.setLogLevel(logging.WARNING)  # hides the "Building prefix dict" banner of its first use
+        return [[token for token in jieba.lcut(text.lower()) if any(ch.isalnum() for ch in token)] for text in texts]
+    import bm25s
+
+    return bm25s.tokenize(
+        list(texts), lower=True, token_pattern=ENGLISH_TOKEN_PATTERN, stopwords=None, return_ids=False,
+        show_progress=False,
+    )
 
 
-def bm25_scores(queries: list[str], titles: list[str], k1: float = 1.5, b: float = 0.75) -> torch.Tensor:
-    """Okapi BM25 (Robertson and Zaragoza, 2009) of every title for every query: (num_queries, num_titles)."""
-    documents = [Counter(words(title)) for title in titles]
-    lengths = torch.tensor([sum(doc.values()) for doc in documents], dtype=torch.float32)
-    average = lengths.mean().clamp(min=1.0)
-    frequency = Counter(term for doc in documents for term in doc)
-    n = len(documents)
-    scores = torch.zeros(len(queries), n)
-    for row, query in enumerate(queries):
-        for term in set(words(query)):
-            if term not in frequency:
-                continue
-            idf = math.log(1 + (n - frequency[term] + 0.5) / (frequency[term] + 0.5))
-            tf = torch.tensor([doc.get(term, 0) for doc in documents], dtype=torch.float32)
-            scores[row] += idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * lengths / average))
+def bm25_scores(
+    queries: list[str], titles: list[str], language: str = "en", *, k1: float = 1.5, b: float = 0.75
+) -> torch.Tensor:
+    """BM25 score of every title for every query: a dense float32 tensor (num_queries, num_titles).
+
+    Scored by `bm25s.BM25` with its default Lucene variant: IDF `log(1 + (N - df + 0.5) / (df + 0.5))` and term
+    frequency saturation `tf / (tf + k1 * (1 - b + b * length / mean length))`. That is Okapi BM25 (Robertson and
+    Zaragoza, 2009) without the constant factor `k1 + 1`, so rankings are Okapi's. A query term repeated in the
+    query counts once per occurrence, as in bm25s' own retrieval. A title that shares no term with a query scores
+    0 for it (ties are broken pessimistically by the metrics).
+
+    Args:
+        queries: query texts.
+        titles: one title per catalogue product, in catalogue order (the columns of the result).
+        language: `"en"` or `"zh"`, see `bm25_tokens`.
+        k1, b: BM25 term-frequency saturation and length normalisation (the usual 1.5 and 0.75).
+    """
+    import bm25s
+
+    _check_texts(queries, "queries")
+    _check_texts(titles, "titles")
+    if len(titles) == 0:
+        raise ValueError("`titles` is empty: BM25 needs a catalogue to score.")
+    _check_language(language)
+    title_tokens = bm25_tokens(titles, language)
+    if not any(title_tokens):
+        raise ValueError(
+            f"No title in `titles` has a single word to index (language={language!r}); check that the column "
+            "holds the product titles."
+        )
+    retriever = bm25s.BM25(k1=k1, b=b)
+    retriever.index(title_tokens, show_progress=False)
+    scores = torch.zeros(len(queries), len(titles), dtype=torch.float32)
+    for row, tokens in enumerate(bm25_tokens(queries, language)):
+        token_ids = retriever.get_tokens_ids(tokens)  # terms no title has are left out
+        if token_ids:  # get_scores fails on an empty query; its row stays all zero
+            scores[row] = torch.from_numpy(retriever.get_scores_from_ids(token_ids))
     return scores
+
+
+def _check_language(language: str) -> None:
+    if language not in BM25_LANGUAGES:
+        raise ValueError(f"`language` must be one of {BM25_LANGUAGES}, got {language!r}.")
+
+
+def _check_texts(texts: list[str], argument: str) -> None:
+    if isinstance(texts, str):
+        raise ValueError(f"`{argument}` must be a list of strings, got a single string; wrap it in a list.")
+    for row, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ValueError(f"`{argument}[{row}]` must be a string, got {type(text).__name__}.")
 
 
 @torch.no_grad()
@@ -59,13 +122,25 @@ def sentence_encoder_scores(queries: list[str], titles: list[str], model_path: s
     return encode(queries) @ encode(titles).T
 
 
-def score_peer(scores: torch.Tensor, products, queries) -> dict:
-    """Metrics overall and by query bucket / category group, in the layout of `evaluate_retrieval`."""
+def peer_per_query_metrics(scores: torch.Tensor, products, queries) -> dict[str, torch.Tensor]:
+    """Each metric for each query (as `make_hf.metrics.per_query_metrics`), e.g. for a paired bootstrap.
+
+    Args:
+        scores: (num_queries, num_products) scores, columns in the order of `products["product_id"]`.
+        products: the catalogue (`product_id`).
+        queries: `relevant_ids` per query (ids not in `products` are ignored).
+    """
     index = {pid: i for i, pid in enumerate(products["product_id"])}
     relevant = [[index[pid] for pid in ids if pid in index] for ids in queries["relevant_ids"]]
     ranks, num_relevant = ranks_from_scores(scores, relevant, max_cutoff())
-    per_query = per_query_metrics(ranks, num_relevant)
-    section = {"overall": {**mean_metrics(per_query), "num_queries": len(relevant)}}
+    return per_query_metrics(ranks, num_relevant)
+
+
+def score_peer(scores: torch.Tensor, products, queries) -> dict:
+    """Metrics overall and by query bucket / category group, in the layout of `evaluate_retrieval`."""
+    per_query = peer_per_query_metrics(scores, products, queries)
+    num_queries = len(queries["relevant_ids"])
+    section = {"overall": {**mean_metrics(per_query), "num_queries": num_queries}}
     for column, key in (("bucket", "by_bucket"), ("category_group", "by_category_group")):
         if column in queries.column_names:
             labels = list(queries[column])
@@ -76,4 +151,12 @@ def score_peer(scores: torch.Tensor, products, queries) -> dict:
     return {"title": section}
 
 
-__all__ = ["bm25_scores", "sentence_encoder_scores", "score_peer", "words"]
+__all__ = [
+    "BM25_LANGUAGES",
+    "ENGLISH_TOKEN_PATTERN",
+    "bm25_scores",
+    "bm25_tokens",
+    "peer_per_query_metrics",
+    "score_peer",
+    "sentence_encoder_scores",
+]
