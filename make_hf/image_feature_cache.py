@@ -70,7 +70,7 @@ def tower_fingerprint(model, processor) -> str:
     digest.update(processor.image_processor.to_json_string().encode())
     for name, tensor in sorted(model.vision_model.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().flatten().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 from make_hf import MakeModel
@@ -56,9 +57,28 @@ CHILD = textwrap.dedent(
 )
 
 
-def test_trust_remote_code_in_a_process_without_make_hf(tmp_path):
+def tiny_model(tmp_path):
+    return MakeModel(tiny_config()), 32
+
+
+def pretrained_image_tower_and_tied_text_embeddings(tmp_path):
+    """The pretrained regime: the converted EfficientNet-Lite0 tower and text towers sharing one embedding matrix."""
+    from make_hf.image_towers import convert_efficientnet_lite
+
+    tower_dir = tmp_path / "efficientnet-lite0"
+    convert_efficientnet_lite("lite0", output_dir=tower_dir)
+    text = tiny_config().query_config
+    model = MakeModel.from_towers(query=text, vision=str(tower_dir), tie_word_embeddings=True, projection_dim=32)
+    assert model.title_model.get_input_embeddings().weight is model.query_model.get_input_embeddings().weight
+    # The tower is fully convolutional: a small input keeps the test fast and the features exact.
+    return model, 64
+
+
+@pytest.mark.parametrize("build", [tiny_model, pretrained_image_tower_and_tied_text_embeddings])
+def test_trust_remote_code_in_a_process_without_make_hf(tmp_path, build):
     torch.manual_seed(0)
-    model = MakeModel(tiny_config()).eval()
+    model, image_size = build(tmp_path)
+    model.eval()
     model_dir, without_code_dir = tmp_path / "model", tmp_path / "without_code"
     model.save_pretrained(model_dir)
     config = json.loads((model_dir / "config.json").read_text())
@@ -73,7 +93,7 @@ def test_trust_remote_code_in_a_process_without_make_hf(tmp_path):
     inputs = {
         "query_input_ids": torch.randint(5, 1000, (3, 6), generator=generator),
         "title_input_ids": torch.randint(5, 1000, (3, 12), generator=generator),
-        "pixel_values": torch.randn(3, 3, 32, 32, generator=generator),
+        "pixel_values": torch.randn(3, 3, image_size, image_size, generator=generator),
     }
     inputs_file = tmp_path / "inputs.json"
     inputs_file.write_text(json.dumps({key: value.tolist() for key, value in inputs.items()}))
@@ -98,3 +118,11 @@ def test_trust_remote_code_in_a_process_without_make_hf(tmp_path):
     assert loaded["without_code"]
     torch.testing.assert_close(torch.tensor(loaded["query"]), expected_query, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(torch.tensor(loaded["product"]), expected_product, rtol=1e-5, atol=1e-6)
+
+    reloaded = MakeModel.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        product, _ = reloaded.get_product_features(
+            title_input_ids=inputs["title_input_ids"], pixel_values=inputs["pixel_values"]
+        )
+        torch.testing.assert_close(product, expected_product, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(reloaded.get_query_features(inputs["query_input_ids"]), expected_query)

@@ -19,6 +19,12 @@ class PretrainArguments:
                   "e.g. a sentence-transformers MiniLM) initialises the query and title towers and gives the "
                   "tokenizer; VISION, if given, initialises the image tower. The other sizes come from --model."},
     )
+    init_image_tower: str | None = field(
+        default=None,
+        metadata={"help": "Initialise only the image tower from this checkpoint (e.g. a folder written by `make-hf "
+                  "convert-image-tower`), the text towers being trained from scratch; with TEXT, use "
+                  "--init_from_towers TEXT VISION instead."},
+    )
     query_num_hidden_layers: int | None = field(
         default=None,
         metadata={"help": "Layers of the query encoder (default: those of --model or TEXT). From TEXT, evenly spaced "

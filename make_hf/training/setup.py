@@ -16,6 +16,7 @@ def build_model_and_processor(args: PretrainArguments, data, accelerator, resume
     - a preset name or a config JSON, with `--init_from_towers TEXT [VISION]`: towers from those checkpoints, the
       tokenizer from TEXT, the image preprocessing from VISION's config (e.g. a folder written by
       `make-hf convert-image-tower`);
+    - a preset name or a config JSON with `--init_image_tower VISION`: that image tower, text towers from scratch;
     - a preset name or a config JSON alone: random towers and a WordPiece vocabulary trained on the training
       queries and titles (so nothing is downloaded).
     The keyword extractor is fitted on the training titles and queries. The main process builds the processor
@@ -39,32 +40,30 @@ def build_model_and_processor(args: PretrainArguments, data, accelerator, resume
             else:
                 processor = MakeProcessor.from_pretrained(processor_dir)
 
-    if args.init_from_towers:
-        if len(args.init_from_towers) > 2:
-            raise ValueError(f"--init_from_towers takes TEXT [VISION], got {len(args.init_from_towers)} paths.")
-        text, vision = (list(args.init_from_towers) + [None])[:2]
-        # The preset (or config file) still decides everything but the pretrained towers: fusion, losses, sizes.
-        fields = {
-            name: getattr(config, name) for name in MakeConfig.__annotations__ if not name.endswith("_config")
-        }
-        if vision is not None and fields["vision_pooling"] == MakeConfig.vision_pooling:
-            # The default pooling suits the preset's own ViT; a pretrained tower gets the one `from_towers` picks for
-            # it (a timm tower's `pooler_output`). Another pooling, from the config file or the overrides, is kept.
-            del fields["vision_pooling"]
-        model = MakeModel.from_towers(
-            query=text,
-            title=None if config.share_text_encoder else text,
-            vision=vision or config.vision_config,
-            query_num_hidden_layers=args.query_num_hidden_layers,
-            **fields,
-        )
-    else:
+    text, vision = _pretrained_towers(args)
+    if args.query_num_hidden_layers is not None and text is None:
+        config.query_config.num_hidden_layers = args.query_num_hidden_layers
+    if text is None:
         for text_config in (config.query_config, config.title_config):
             if text_config is not None:  # None: the title shares the query encoder
                 text_config.vocab_size = len(processor.tokenizer)
-        if args.query_num_hidden_layers is not None:
-            config.query_config.num_hidden_layers = args.query_num_hidden_layers
-        model = MakeModel(config)
+    if text is None and vision is None:
+        return MakeModel(config), processor
+
+    # The preset (or config file) still decides everything but the pretrained towers: fusion, losses, sizes.
+    fields = {name: getattr(config, name) for name in MakeConfig.__annotations__ if not name.endswith("_config")}
+    if vision is not None and fields["vision_pooling"] == MakeConfig.vision_pooling:
+        # The default pooling suits the preset's own ViT; a pretrained tower gets the one `from_towers` picks for
+        # it (a timm tower's `pooler_output`). Another pooling, from the config file or the overrides, is kept.
+        del fields["vision_pooling"]
+    share = config.share_text_encoder
+    model = MakeModel.from_towers(
+        query=text or config.query_config,
+        title=None if share else (text or config.title_config),
+        vision=vision or config.vision_config,
+        query_num_hidden_layers=args.query_num_hidden_layers if text is not None else None,
+        **fields,
+    )
     return model, processor
 
 
@@ -98,18 +97,31 @@ def _config(args: PretrainArguments, config_class):
     return config
 
 
+def _pretrained_towers(args: PretrainArguments) -> tuple[str | None, str | None]:
+    """`(TEXT, VISION)` checkpoints from `--init_from_towers TEXT [VISION]` and `--init_image_tower VISION`."""
+    towers = list(args.init_from_towers or [])
+    if len(towers) > 2:
+        raise ValueError(f"--init_from_towers takes TEXT [VISION], got {len(towers)} paths.")
+    text, vision = (towers + [None, None])[:2]
+    if vision is not None and args.init_image_tower is not None:
+        raise ValueError("The image tower is given twice (--init_from_towers TEXT VISION and --init_image_tower): "
+                         "keep one.")
+    return text, vision or args.init_image_tower
+
+
 def _new_processor(args: PretrainArguments, config, data, processor_class):
     from ..tokenization import train_tokenizer
 
     titles, queries = data.train["title"], data.train["query"]
-    if args.init_from_towers:
-        tokenizer = AutoTokenizer.from_pretrained(args.init_from_towers[0])
-        if len(args.init_from_towers) > 1:
-            # The pretrained image tower, not the preset, says how its images are preprocessed (size, crop, mean).
-            config = copy.deepcopy(config)
-            config.vision_config = AutoConfig.from_pretrained(args.init_from_towers[1])
+    text, vision = _pretrained_towers(args)
+    if text is not None:
+        tokenizer = AutoTokenizer.from_pretrained(text)
     else:
         tokenizer = train_tokenizer(list(queries) + list(titles), vocab_size=args.vocab_size)
+    if vision is not None:
+        # The pretrained image tower, not the preset, says how its images are preprocessed (size, crop, mean).
+        config = copy.deepcopy(config)
+        config.vision_config = AutoConfig.from_pretrained(vision)
     processor = processor_class.from_config(config, tokenizer)
     return processor.fit_keywords(titles, queries)
 
