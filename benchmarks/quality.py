@@ -159,9 +159,9 @@ def run_spec(run: Run, args) -> dict:
         "fixed_mix": variant.fixed_mix,
         "learning_rate": run.learning_rate,
         "seed": 0 if run.seed is None else run.seed,
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "warmup_steps": args.warmup_steps,
+        "steps": STEPS,
+        "batch_size": BATCH_SIZE,
+        "warmup_steps": WARMUP_STEPS,
         "emoji_data_dir": args.emoji_data_dir,
         "image_feature_cache": os.path.join(args.cache_dir, "image_features"),
         "output": run.path,
@@ -212,9 +212,6 @@ def parse_args(argv=None):
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
-    parser.add_argument("--steps", type=int, default=STEPS)
-    parser.add_argument("--batch_size", type=int, default=BATCH_SIZE)
-    parser.add_argument("--warmup_steps", type=int, default=WARMUP_STEPS)
     parser.add_argument("--emoji_data_dir", default=os.path.join(HERE, "..", "..", "shared", "data", "emoji"),
                         help="folder with the Emoji-CLDR-3D npm tarballs")
     parser.add_argument("--cache_dir", default="outputs/quality-benchmark",
@@ -226,9 +223,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.steps != STEPS or args.batch_size != BATCH_SIZE:
-        raise SystemExit("Results are filed per (dataset, variant, learning rate, seed) for the benchmark's one budget "
-                         f"({STEPS} steps x {BATCH_SIZE}); another budget needs another results folder.")
     os.makedirs(args.cache_dir, exist_ok=True)
     if args.command == "status":
         runs = planned_runs(args.datasets, args.variants, args.seeds)

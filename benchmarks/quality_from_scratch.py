@@ -5,10 +5,10 @@ scored on the held-out test split (title + image; buckets and category groups wh
 BM25 over titles and text-only all-MiniLM-L6-v2 (query -> title). On Emoji-CLDR-3D, MAKE is also trained from
 the MiniLM text towers (`--init_from_towers`).
 
-    python benchmarks/quality_from_scratch.py                                  # synthetic shop + Emoji-CLDR-3D (en), seed 0
+    python benchmarks/quality_from_scratch.py             # synthetic shop + Emoji-CLDR-3D (en), seed 0
     python benchmarks/quality_from_scratch.py --seeds 0 1 2 --max_train_steps 400
     python benchmarks/quality_from_scratch.py --datasets synthetic --presets make-small clip
-    python benchmarks/quality_from_scratch.py --jobs 2      # one process per dataset, one thread each (2-core machines)
+    python benchmarks/quality_from_scratch.py --jobs 2    # one process per dataset, one thread each (2 cores)
 
 Writes `benchmarks/results/quality_from_scratch.json`, `.md`, `.png` (Recall@10 per variant) and
 `modal_weights_from_scratch.png` (mean image weight per synthetic-shop category).

@@ -256,12 +256,18 @@ class MakeConfig(PreTrainedConfig):
             )
         if not self.share_text_encoder and self.title_config is None:
             raise ValueError("`title_config` is None but `share_text_encoder=False`: give a title encoder config.")
+        if getattr(self.vision_config, "model_type", None) == "timm_wrapper" and self.vision_pooling == "cls":
+            raise ValueError(
+                "`vision_pooling='cls'` takes the first token of a ViT, but the image encoder is a timm CNN whose "
+                "last hidden state is a feature map; use `vision_pooling='pooler'` (its own pooled features) or "
+                "'mean'."
+            )
         if self.share_projection and self.title_config is not None:
             sizes = (self.query_config.hidden_size, self.title_config.hidden_size)
             if sizes[0] != sizes[1]:
                 raise ValueError(
-                    f"`share_projection=True` needs equal query and title hidden sizes, got {sizes[0]} and {sizes[1]}; "
-                    "use towers of one width or set `share_projection=False`."
+                    f"`share_projection=True` needs equal query and title hidden sizes, got {sizes[0]} and "
+                    f"{sizes[1]}; use towers of one width or set `share_projection=False`."
                 )
         if self.tie_word_embeddings:
             if self.title_config is None:

@@ -62,10 +62,20 @@ def image_content_key(image: Any) -> str | None:
     return _digest(f"{rgb.mode}{rgb.size}".encode() + rgb.tobytes())
 
 
+# Config entries that do not change what the tower computes: where it was loaded from, the version that saved it,
+# and the labels of a classifier head the tower does not use.
+_IRRELEVANT_CONFIG_KEYS = ("transformers_version", "architectures", "id2label", "label2id", "num_labels")
+
+
 def tower_fingerprint(model, processor) -> str:
-    """A hash of the image tower's weights and config and of the image processor's settings."""
+    """A hash of the image tower's weights and architecture and of the image processor's settings."""
     digest = hashlib.blake2b(digest_size=FINGERPRINT_LENGTH // 2)
-    digest.update(model.config.vision_config.to_json_string(use_diff=False).encode())
+    config = {
+        key: value
+        for key, value in model.config.vision_config.to_dict().items()
+        if not key.startswith("_") and key not in _IRRELEVANT_CONFIG_KEYS
+    }
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     digest.update(json.dumps(model.config.vision_pooling).encode())
     digest.update(processor.image_processor.to_json_string().encode())
     for name, tensor in sorted(model.vision_model.state_dict().items()):

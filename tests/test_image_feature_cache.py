@@ -59,7 +59,8 @@ def test_cached_features_give_the_loss_and_gradients_of_the_locked_tower(model_a
 
     uncached = MakeCollator(processor)(rows())
     cached = MakeCollator(processor, image_features=cache)(rows())
-    assert "pixel_values" not in cached and cached["image_features"].shape == (4, model.config.vision_config.hidden_size)
+    assert "pixel_values" not in cached
+    assert cached["image_features"].shape == (4, model.config.vision_config.hidden_size)
 
     loss, gradients = loss_and_gradients(model, uncached)
     cached_loss, cached_gradients = loss_and_gradients(model, cached)

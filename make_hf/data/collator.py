@@ -155,7 +155,6 @@ class MakeCollator:
             batch["product_ids"] = torch.tensor(ids, dtype=torch.long) if self.return_tensors == "pt" else ids
         return batch
 
-
     def _image(self, image: Any) -> Any:
         """The decoded image, or with a feature cache the undecoded one once its cached entry is confirmed."""
         if self.image_features is None:

@@ -56,7 +56,9 @@ class PretrainArguments:
     emoji_data_dir: str | None = field(
         default=None, metadata={"help": "Folder with the Emoji-CLDR-3D npm tarballs (fetched with npm when absent)."}
     )
-    synthetic_products: int = field(default=3200, metadata={"help": "Products in the synthetic shop (half for training)."})
+    synthetic_products: int = field(
+        default=3200, metadata={"help": "Products in the synthetic shop (half for training)."}
+    )
     synthetic_seed: int = field(default=0, metadata={"help": "Seed of the synthetic shop (fixed across runs)."})
     query_column: str = field(default="query", metadata={"help": "Column holding the shopper query."})
     title_column: str = field(default="title", metadata={"help": "Column holding the product title."})
