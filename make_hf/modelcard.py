@@ -173,6 +173,10 @@ def _describe_text_tower(tower: dict) -> str:
 def _describe_vision_tower(tower: dict) -> str:
     if not tower:
         return "-"
+    if tower.get("model_type") == "timm_wrapper":
+        size = (tower.get("pretrained_cfg") or {}).get("input_size", [None, None, None])[-1]
+        features = f", {tower['num_features']} features" if "num_features" in tower else ""
+        return f"timm {tower.get('architecture', 'model')}{features}" + (f", {size} px" if size else "")
     parts = [tower.get("model_type", "image encoder")]
     if "num_hidden_layers" in tower and "hidden_size" in tower:
         parts.append(f"{tower['num_hidden_layers']} layers, hidden {tower['hidden_size']}")

@@ -103,6 +103,20 @@ def test_card_from_a_saved_config_without_evaluation(tmp_path):
     assert "No evaluation was attached" in loaded.text
 
 
+def test_card_names_a_pretrained_timm_image_tower(tmp_path):
+    from transformers import TimmWrapperConfig
+
+    vision = TimmWrapperConfig.from_dict({
+        "architecture": "tf_efficientnet_lite0", "num_features": 1280, "num_classes": 0,
+        "pretrained_cfg": {"input_size": [3, 224, 224], "crop_pct": 0.875, "mean": [0.5] * 3, "std": [0.5] * 3},
+    })
+    tiny = MakeConfig.from_preset("make-tiny")
+    config = MakeConfig(query_config=tiny.query_config, vision_config=vision, vision_pooling="pooler")
+    config.save_pretrained(tmp_path)
+    loaded = _reload(generate_model_card(tmp_path, model_id="org/make-lite0"), tmp_path)
+    assert "timm tf_efficientnet_lite0, 1280 features, 224 px" in loaded.text
+
+
 @pytest.mark.parametrize("preset", PRESET_NAMES)
 def test_every_preset_gets_a_valid_card(preset, tmp_path):
     card = generate_model_card(MakeConfig.from_preset(preset), {"recall@10": 0.5}, preset=preset)
