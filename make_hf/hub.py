@@ -1,7 +1,8 @@
 """Publish a MAKE checkpoint to the Hugging Face Hub: model, processor, code and model card in one commit.
 
 `push_to_hub(folder_or_model, repo_id)` takes a folder written by `save_pretrained` (the pre-training script's output)
-or a live `MakeModel` (plus its `MakeProcessor`), creates the repo if needed and uploads everything as one commit:
+or a live `MakeModel` (plus its `MakeProcessor`), creates the repo if needed and uploads, as one commit, what a model
+repository needs and nothing else:
 
 - the weights, `config.json` and the processor files;
 - the model and processor code (`configuration_make.py`, `modeling_make.py`, `processing_make.py` and what they
@@ -9,7 +10,14 @@ or a live `MakeModel` (plus its `MakeProcessor`), creates the repo if needed and
   trust_remote_code=True)` work where `make_hf` is not installed. A folder saved by a registered class already has
   them; anything missing is added to the upload, the local folder is never modified;
 - a `README.md` model card: the one given, else the folder's own, else one generated from `config.json` (and the
-  evaluation, when given) by `make_hf.modelcard.generate_model_card`.
+  evaluation, when given) by `make_hf.modelcard.generate_model_card`;
+- the evaluation results (`eval_results.json` / `.md`) and plots (`*.png`) next to them.
+
+What is uploaded is an allow-list (`MODEL_REPO_FILES` plus the code files), matched against the folder's top level
+only: a training output also holds `checkpoints/` (optimizer, scheduler and RNG state, local paths), the image
+feature cache, the training history and whatever else a run or a user leaves there, and a new kind of local file must
+never be published because nobody thought of excluding it. `files_to_upload(folder)` says what would go and what
+stays.
 
 The same is available from a shell: `make-hf push FOLDER REPO_ID`.
 """
@@ -17,8 +25,11 @@ The same is available from a shell: `make-hf push FOLDER REPO_ID`.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
+import logging
 import os
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,8 +40,34 @@ from huggingface_hub.utils import filter_repo_objects
 
 from .modelcard import generate_model_card
 
-DEFAULT_IGNORE_PATTERNS = (".git/*", ".cache/*", "*/.ipynb_checkpoints/*", "__pycache__/*", "*.pyc", "*/__pycache__/*")
-"""Never uploaded: version control, caches and byte code."""
+
+logger = logging.getLogger(__name__)
+
+MODEL_REPO_FILES = (
+    "config.json",
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+    "processor_config.json",
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "README.md",
+    "eval_results.json",
+    "eval_results.md",
+    "*.png",
+)
+"""Top-level file names (globs) of a model folder that `push_to_hub` uploads, besides the code files
+(`CODE_MODULES` and what they import). Anything else in the folder, and anything in a sub-folder, stays local."""
+
+CODE_MODULES = ("configuration_make", "modeling_make", "processing_make")
+"""The modules whose files (and relative imports) a pushed checkpoint carries as remote code."""
 
 # auto_map entries a pushed checkpoint needs, by JSON file: (Auto class, module, class name).
 _MODEL_AUTO_MAP = (("AutoConfig", "configuration_make", "MakeConfig"), ("AutoModel", "modeling_make", "MakeModel"))
@@ -95,6 +132,31 @@ def remote_code_additions(folder: str | os.PathLike) -> dict[str, bytes]:
     return additions
 
 
+def files_to_upload(
+    folder: str | os.PathLike, ignore_patterns: list[str] | None = None
+) -> tuple[list[str], list[str]]:
+    """`(uploaded, left_out)`: the files of `folder` that `push_to_hub` uploads, and what it leaves local (both
+    sorted; a sub-folder is one entry ending in `/`, never looked into).
+
+    Uploaded: top-level files matching `MODEL_REPO_FILES` or named like one of make_hf's code files, minus those
+    matching `ignore_patterns`. Everything else is left out, whatever its name: sub-folders (`checkpoints/`,
+    `image_features/`, ...) and any other file (`training_history.json`, notes, credentials)."""
+    code_files = set(_code_files(CODE_MODULES))
+    uploaded, left_out = [], []
+    for path in sorted(Path(folder).iterdir()):
+        if path.is_dir():
+            left_out.append(f"{path.name}/")
+        elif path.name in code_files or any(fnmatch.fnmatchcase(path.name, pattern) for pattern in MODEL_REPO_FILES):
+            uploaded.append(path.name)
+        else:
+            left_out.append(path.name)
+    if ignore_patterns:
+        kept = set(filter_repo_objects(uploaded, ignore_patterns=list(ignore_patterns)))
+        left_out = sorted([*left_out, *(name for name in uploaded if name not in kept)])
+        uploaded = [name for name in uploaded if name in kept]
+    return uploaded, left_out
+
+
 def _card_bytes(model_card) -> bytes:
     if isinstance(model_card, ModelCard):
         return str(model_card).encode()
@@ -123,6 +185,11 @@ def push_to_hub(
 ):
     """Upload a MAKE checkpoint (model, processor, code, model card) to `repo_id` as one commit.
 
+    Only what a model repository needs is uploaded (see `files_to_upload`): the top-level files of the folder that
+    match `MODEL_REPO_FILES` (config, weights, processor and tokenizer files, `README.md`, `eval_results.json` /
+    `.md`, `*.png` plots) and make_hf's code files. Sub-folders (`checkpoints/`, `image_features/`) and every other
+    file (`training_history.json`, ...) stay local, so a training output folder can be pushed as it is.
+
     Args:
         folder_or_model: a folder written by `save_pretrained` (it must hold `config.json`), or a `MakeModel`
             (saved to a temporary folder first, with `processor` when given).
@@ -138,7 +205,7 @@ def push_to_hub(
         token: Hub token; default: the saved login / `HF_TOKEN`.
         create_pr: open a pull request instead of committing to `main`.
         endpoint: Hub URL; default: `HF_ENDPOINT` or huggingface.co.
-        ignore_patterns: more glob patterns of folder files not to upload (on top of `DEFAULT_IGNORE_PATTERNS`).
+        ignore_patterns: glob patterns of allowed files to leave out as well (they never add files).
 
     Returns:
         The `huggingface_hub.CommitInfo` of the commit (`.oid`, `.commit_url`, `.pr_url`).
@@ -179,12 +246,9 @@ def _push_folder(
             f"{str(folder)!r} holds no config.json: it is not a saved model. Save one with "
             "`model.save_pretrained(folder)` and `processor.save_pretrained(folder)`, then push the folder."
         )
-    files = sorted(
-        path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()
-    )
-    files = list(
-        filter_repo_objects(files, ignore_patterns=[*DEFAULT_IGNORE_PATTERNS, *(ignore_patterns or [])])
-    )
+    files, left_out = files_to_upload(folder, ignore_patterns)
+    if left_out:
+        logger.info(f"Not uploaded from {folder} (not part of a model repository): {', '.join(left_out)}")
     contents: dict[str, Path | bytes] = {name: folder / name for name in files}
     contents.update(remote_code_additions(folder))
     if model_card is not None:
@@ -213,7 +277,12 @@ def _push_folder(
 
 def add_push_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The arguments of `make-hf push FOLDER REPO_ID`."""
-    parser.add_argument("folder", help="folder written by save_pretrained (model + processor)")
+    parser.description = (
+        f"{parser.description or ''} Uploads only what a model repository needs: the folder's top-level "
+        f"{', '.join(MODEL_REPO_FILES)} and make_hf's code files (*.py); sub-folders (checkpoints/, "
+        "image_features/) and any other file (training_history.json, ...) stay local and are listed on stderr."
+    ).strip()
+    parser.add_argument("folder", help="folder written by save_pretrained or the pre-training script's output_dir")
     parser.add_argument("repo_id", help="target repo, namespace/name (created if missing)")
     parser.add_argument("--evaluation", help="evaluation JSON for the generated model card")
     parser.add_argument("--preset", help="preset the model was trained from (picks the card's description)")
@@ -227,7 +296,11 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 
 
 def run_push(args: argparse.Namespace) -> int:
-    """Run `make-hf push` with parsed `args`; prints the commit URL."""
+    """Run `make-hf push` with parsed `args`; prints the commit URL, and on stderr what was left local."""
+    if os.path.isdir(args.folder):
+        _, left_out = files_to_upload(args.folder)
+        if left_out:
+            print(f"Not uploaded (not part of a model repository): {', '.join(left_out)}", file=sys.stderr)
     card_kwargs = {"dataset_name": args.dataset_name}
     if args.preset:
         card_kwargs["preset"] = args.preset
@@ -246,4 +319,12 @@ def run_push(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["DEFAULT_IGNORE_PATTERNS", "add_push_arguments", "push_to_hub", "remote_code_additions", "run_push"]
+__all__ = [
+    "CODE_MODULES",
+    "MODEL_REPO_FILES",
+    "add_push_arguments",
+    "files_to_upload",
+    "push_to_hub",
+    "remote_code_additions",
+    "run_push",
+]

@@ -2,6 +2,7 @@
 Hub, load it back in fresh processes (online, offline from the cache, and without make_hf through remote code) and
 get exactly the pushed model's outputs; plus the fast, actionable error when the Hub cannot be reached."""
 
+import fnmatch
 import json
 import os
 import socket
@@ -20,8 +21,10 @@ from hub_server import LoopbackHub
 from hub_worker import REPO_ID, embed
 from make_hf import MakeConfig, MakeModel, MakeProcessor, train_tokenizer
 from make_hf.cli import main as cli_main
-from make_hf.hub import push_to_hub, remote_code_additions
+from make_hf.hub import MODEL_REPO_FILES, files_to_upload, push_to_hub, remote_code_additions
 from make_hf.hub_access import HubUnreachableError, hub_access, is_cached
+from make_hf.training import PretrainArguments, pretrain
+from test_pretrain import TINY
 
 TESTS = Path(__file__).resolve().parent
 
@@ -165,11 +168,75 @@ def test_push_a_folder_from_the_command_line(hub, tmp_path, capsys):
     assert status == 0
     assert capsys.readouterr().out.strip().startswith(f"{hub.endpoint}/org/make-small/commit/")
     files = hub.files("org/make-small")
-    assert ".git/HEAD" not in files and "eval.json" in files and "model.safetensors" in files
+    # eval.json is what the card is generated from, not a file of a model repository.
+    assert ".git/HEAD" not in files and "eval.json" not in files and "model.safetensors" in files
     card = ModelCard(files["README.md"].decode())  # generated: the folder had none
     assert card.data.model_name == "org/make-small"
     assert card.data.eval_results[0].metric_value == 0.75
     assert "`make-small` is the built-in default" in card.text
+
+
+def test_a_training_output_is_pushed_by_allow_list(hub, tmp_path, capsys):
+    """A real training output (checkpoints, image feature cache, history) pushed by `pretrain(--push_to_hub)` and by
+    `make-hf push`: only the model repository's files reach the Hub, and the pushed repo loads."""
+    run = tmp_path / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(hub_constants, "ENDPOINT", hub.endpoint)  # where pretrain's push goes
+        pretrain(PretrainArguments(
+            output_dir=str(run), **{**TINY, "max_train_steps": 2}, checkpointing_steps=1, lock_image_tower=True,
+            push_to_hub=True, hub_model_id="org/make-run",
+        ))
+    assert (run / "checkpoints" / "checkpoint-2" / "optimizer.bin").is_file()  # there was something to leak
+    assert any((run / "image_features").rglob("*")) and (run / "training_history.json").is_file()
+    # Files of a kind nobody listed: never published, because only listed kinds are.
+    (run / ".env").write_text("HF_TOKEN=hf_secret\n")
+    (run / "notes.txt").write_text("local notes\n")
+    (run / "image_features" / "extra.safetensors").write_bytes(b"cache")
+    (run / "logs").mkdir()
+    (run / "logs" / "README.md").write_text("a sub-folder's file matching an allowed name\n")
+
+    capsys.readouterr()
+    assert cli_main(["push", str(run), "org/make-run-cli", "--endpoint", hub.endpoint]) == 0
+    left_out_message = capsys.readouterr().err
+    assert "checkpoints/, image_features/, logs/" in left_out_message and "training_history.json" in left_out_message
+
+    local = {path.relative_to(run).as_posix() for path in run.rglob("*") if path.is_file()}
+    for repo_id in ("org/make-run", "org/make-run-cli"):
+        files = set(hub.files(repo_id)) - {".gitattributes"}  # the Hub seeds every repo with .gitattributes
+        assert not [name for name in files if "/" in name], f"{repo_id}: a sub-folder was uploaded"
+        assert "training_history.json" not in files and ".env" not in files and "notes.txt" not in files
+        assert all(
+            any(fnmatch.fnmatchcase(name, pattern) for pattern in MODEL_REPO_FILES) or name.endswith(".py")
+            for name in files
+        ), f"{repo_id}: {sorted(files)}"
+        assert {"config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "README.md",
+                "eval_results.json", "eval_results.md", "loss_curves.png", "modeling_make.py"} <= files
+        assert files <= local
+    assert set(hub.files("org/make-run-cli")) - {".gitattributes"} == set(files_to_upload(run)[0])
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(hub_constants, "ENDPOINT", hub.endpoint)
+        # Computed from HF_ENDPOINT at import: downloads go to the loopback Hub only with both patched.
+        template = hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+        patch.setattr(hub_constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+        model = MakeModel.from_pretrained("org/make-run-cli", cache_dir=tmp_path / "cache")
+        processor = MakeProcessor.from_pretrained("org/make-run-cli", cache_dir=tmp_path / "cache")
+    expected = MakeModel.from_pretrained(run).state_dict()
+    assert all(torch.equal(value, expected[name]) for name, value in model.state_dict().items())
+    assert processor.keyword_extractor.is_fitted
+
+
+def test_files_to_upload_is_an_allow_list(tmp_path):
+    for name in ("config.json", "model-00001-of-00002.safetensors", "model.safetensors.index.json", "vocab.txt",
+                 "modeling_make.py", "plot.png", "optimizer.bin", "training_history.json", "id_rsa", "run.py",
+                 "checkpoints/checkpoint-1/config.json", "image_features/ab/cd.safetensors"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    uploaded, left_out = files_to_upload(tmp_path, ignore_patterns=["*.png"])
+    assert uploaded == ["config.json", "model-00001-of-00002.safetensors", "model.safetensors.index.json",
+                        "modeling_make.py", "vocab.txt"]
+    assert left_out == ["checkpoints/", "id_rsa", "image_features/", "optimizer.bin", "plot.png", "run.py",
+                        "training_history.json"]
 
 
 def test_push_adds_missing_remote_code(tmp_path):

@@ -327,9 +327,8 @@ def _write_outputs(model, processor, data, args, results, history, evaluations) 
     if args.push_to_hub:
         from ..hub import push_to_hub
 
-        url = push_to_hub(
-            args.output_dir, args.hub_model_id, private=args.hub_private, ignore_patterns=["checkpoints/**"]
-        )
+        # The model-repository allow-list of make_hf.hub: checkpoints/ and the other run files stay local.
+        url = push_to_hub(args.output_dir, args.hub_model_id, private=args.hub_private)
         print(f"Pushed to {url}")
 
 
