@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 
 
 @contextlib.contextmanager
@@ -59,4 +60,121 @@ def staged_directory(path: str):
         shutil.rmtree(staging, ignore_errors=True)
 
 
-__all__ = ["atomic_path", "staged_directory", "write_text", "write_json"]
+def _leftovers(path: str, kind: str) -> list[str]:
+    """Sibling folders of `path` left by `replaced_directory`: `kind` "new" (being written) or "old" (moved aside),
+    oldest first."""
+    parent, prefix = os.path.dirname(path), f".{os.path.basename(path)}.{kind}-"
+    try:
+        names = [name for name in os.listdir(parent) if name.startswith(prefix)]
+    except FileNotFoundError:
+        return []
+    return sorted((os.path.join(parent, name) for name in names), key=os.path.getmtime)
+
+
+def readable_directory(path: str) -> str:
+    """The folder to read `path` from: `path` itself, or, while a `replaced_directory` swap is between its two renames
+    (or was killed there), the complete old folder it moved aside."""
+    path = os.path.abspath(path)
+    if os.path.lexists(path):
+        return path
+    moved_aside = _leftovers(path, "old")
+    return moved_aside[-1] if moved_aside else path
+
+
+def recover_directory(path: str) -> None:
+    """Undo what an interrupted `replaced_directory` left: put back the old folder if it was moved aside and never
+    replaced, and delete half-written new folders and old ones already replaced."""
+    path = os.path.abspath(path)
+    moved_aside = _leftovers(path, "old")
+    if moved_aside and not os.path.lexists(path):
+        os.rename(moved_aside.pop(), path)
+    for leftover in moved_aside + _leftovers(path, "new"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _fsync(path: str) -> None:
+    if os.name != "posix" and os.path.isdir(path):
+        return  # only POSIX can open (and so sync) a directory
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+@contextlib.contextmanager
+def replaced_directory(path: str):
+    """Yield a fresh folder next to `path`; if the block succeeds, swap it in for `path`, so that `path` holds either
+    everything it held before or everything the block wrote, never a mix of the two.
+
+    The block writes into `.NAME.new-XXXX`. On success, the entries of `path` it did not write are carried over (hard
+    links where the file system has them, so nothing is copied and the old folder stays intact), everything is
+    synced to disk, `path` is renamed to `.NAME.old-XXXX`, the new folder to `path`, and the old one is deleted.
+    A crash before the first rename leaves `path` as it was; between the two, `readable_directory(path)` finds the
+    complete old folder. Leftovers of an interrupted replacement are cleaned up (`recover_directory`) before the
+    next one starts. One writer at a time: a second writer would delete the first one's new folder.
+    """
+    path = os.path.abspath(path)
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise NotADirectoryError(f"{path!r} exists and is not a folder; remove it or choose another folder.")
+    recover_directory(path)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.new-")
+    try:
+        yield staging
+        if os.path.isdir(path):
+            for name in os.listdir(path):
+                source, target = os.path.join(path, name), os.path.join(staging, name)
+                if os.path.lexists(target):
+                    continue
+                if os.path.islink(source):
+                    os.symlink(os.readlink(source), target)
+                elif os.path.isdir(source):
+                    shutil.copytree(source, target, symlinks=True, copy_function=_link_or_copy)
+                else:
+                    _link_or_copy(source, target)
+            mode = os.stat(path).st_mode & 0o7777
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o777 & ~umask
+        # mkdtemp creates the folder private (0700); give it the permissions of the folder it replaces.
+        os.chmod(staging, mode)
+        for root, _, files in os.walk(staging):
+            for name in files:
+                _fsync(os.path.join(root, name))
+        _fsync(staging)
+        if os.path.isdir(path):
+            aside = os.path.join(parent, f".{os.path.basename(path)}.old-{uuid.uuid4().hex[:12]}")
+            os.rename(path, aside)
+            try:
+                os.rename(staging, path)
+            except BaseException:
+                os.rename(aside, path)
+                raise
+            _fsync(parent)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.rename(staging, path)
+            _fsync(parent)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+__all__ = [
+    "atomic_path",
+    "readable_directory",
+    "recover_directory",
+    "replaced_directory",
+    "staged_directory",
+    "write_text",
+    "write_json",
+]

@@ -20,7 +20,9 @@ FAISS is an optional dependency: `pip install make-hf[index]`.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -30,7 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_path
+from .atomic import atomic_path, readable_directory, replaced_directory
+
+logger = logging.getLogger(__name__)
 
 INDEX_KINDS = ("flat", "hnsw", "ivfpq")
 """The index kinds `ProductIndex.build` accepts."""
@@ -38,7 +42,9 @@ INDEX_KINDS = ("flat", "hnsw", "ivfpq")
 INDEX_FILE = "index.faiss"
 IDS_FILE = "product_ids.json"
 CONFIG_FILE = "index_config.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version 2 adds the manifest (`files`: size and SHA-256 of each data file) that `load` checks; version 1 folders
+(no manifest) still load, unchecked."""
 
 _HNSW_DEFAULTS = {"hnsw_m": 32, "ef_construction": 200, "ef_search": 64}
 
@@ -98,12 +104,51 @@ def _write_atomically(path: str, write) -> None:
 
 
 def _write_json(path: str, data: Any) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=1)
-            f.write("\n")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, ensure_ascii=False, indent=1)
+        f.write("\n")
 
-    _write_atomically(path, write)
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_json(path: str, folder: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(
+            f"{path} is not valid JSON ({error}): the index folder {folder!r} is damaged. Rebuild the index with "
+            "`make-hf index` or `ProductIndex.save`."
+        ) from None
+
+
+def _check_manifest(folder: str, source: str, config: Mapping[str, Any]) -> None:
+    """Refuse a folder whose data files are not the ones its config was saved with (a mix of two saves, a file
+    copied in from another index, a truncated file): it would load and return wrong products."""
+    manifest = config.get("files")
+    if (not isinstance(manifest, Mapping) or set(manifest) != {INDEX_FILE, IDS_FILE}
+            or not all(isinstance(record, Mapping) for record in manifest.values())):
+        raise ValueError(
+            f"{os.path.join(folder, CONFIG_FILE)} has no valid `files` manifest: the index folder {folder!r} is "
+            "damaged. Rebuild the index with `make-hf index` or `ProductIndex.save`."
+        )
+    for check in ("bytes", "sha256"):  # the cheap check on every file first
+        for name, expected in sorted(manifest.items()):
+            path = os.path.join(source, name)
+            found = os.path.getsize(path) if check == "bytes" else _sha256(path)
+            if found != expected.get(check):
+                what = f"{found} bytes, saved with {expected.get('bytes')}" if check == "bytes" else "other SHA-256"
+                raise ValueError(
+                    f"{folder!r} mixes files of different saves, or a file in it is damaged: {name} is not the file "
+                    f"{CONFIG_FILE} was saved with ({what}). Searching it would return wrong products. Rebuild the "
+                    "index (`make-hf index` or `ProductIndex.save`), or restore the whole folder from one save."
+                )
 
 
 def _ivfpq_defaults(num_vectors: int, dim: int, nlist: int | None, pq_m: int | None, pq_bits: int | None):
@@ -125,8 +170,9 @@ class ProductIndex:
     Build one with `ProductIndex.build(embeddings, product_ids, kind=...)`, search with `search`, persist with
     `save(folder)` / `ProductIndex.load(folder)`. The folder holds `index.faiss` (the FAISS index),
     `product_ids.json` (row -> product id) and `index_config.json` (kind, dimension, search parameters,
-    versions and your own `metadata`, e.g. the model that produced the vectors); every file is written to a
-    temporary name and renamed into place, so an interrupted save never leaves a half-written file.
+    versions, your own `metadata`, e.g. the model that produced the vectors, and the size and checksum of the
+    other two files); a save replaces the three together, so an interrupted one leaves the old index whole, and
+    `load` refuses a folder whose files do not belong together.
 
     Example:
 
@@ -298,47 +344,67 @@ class ProductIndex:
         return ids, scores
 
     def save(self, folder: str | os.PathLike) -> str:
-        """Write `index.faiss`, `product_ids.json` and `index_config.json` into `folder` (created if needed)."""
+        """Write `index.faiss`, `product_ids.json` and `index_config.json` into `folder`, all or nothing.
+
+        The three files are written into a fresh sibling folder (`.NAME.new-XXXX`), synced to disk, and swapped in
+        with two renames (`make_hf.atomic.replaced_directory`): a kill or a full disk at any point leaves `folder`
+        with either the complete old index or the complete new one, never new vectors with old ids. Other files in
+        `folder` are kept. Leftovers of an interrupted save are removed by the next save. `index_config.json`
+        records the size and SHA-256 of the other two files and the number of vectors, which `load` checks.
+        Returns `folder`.
+        """
         faiss = _import_faiss()
         folder = os.fspath(folder)
-        os.makedirs(folder, exist_ok=True)
-        config = {
-            "format_version": FORMAT_VERSION,
-            "kind": self.kind,
-            "dim": self.dim,
-            "metric": "inner_product",
-            "num_products": len(self),
-            "params": self.params,
-            "metadata": self.metadata,
-            "faiss_version": getattr(faiss, "__version__", "unknown"),
-        }
-        _write_atomically(os.path.join(folder, INDEX_FILE), lambda tmp: faiss.write_index(self.faiss_index, tmp))
-        _write_json(os.path.join(folder, IDS_FILE), self.product_ids)
-        # Written last: a folder with a config describes a complete index.
-        _write_json(os.path.join(folder, CONFIG_FILE), config)
+        with replaced_directory(folder) as staging:
+            faiss.write_index(self.faiss_index, os.path.join(staging, INDEX_FILE))
+            _write_json(os.path.join(staging, IDS_FILE), self.product_ids)
+            files = {}
+            for name in (INDEX_FILE, IDS_FILE):
+                path = os.path.join(staging, name)
+                files[name] = {"bytes": os.path.getsize(path), "sha256": _sha256(path)}
+            config = {
+                "format_version": FORMAT_VERSION,
+                "kind": self.kind,
+                "dim": self.dim,
+                "metric": "inner_product",
+                "num_products": len(self),
+                "params": self.params,
+                "metadata": self.metadata,
+                "faiss_version": getattr(faiss, "__version__", "unknown"),
+                "files": files,
+            }
+            _write_json(os.path.join(staging, CONFIG_FILE), config)
         return folder
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "ProductIndex":
-        """Load an index written by `save`, with its ids, search parameters and metadata."""
+        """Load an index written by `save`, with its ids, search parameters and metadata.
+
+        Raises `ValueError` when the files do not belong together (sizes, checksums or vector counts differ from
+        what `index_config.json` recorded): such a folder would load and return wrong products. A folder whose save
+        was killed between its two renames loads as the complete old index."""
         faiss = _import_faiss()
         folder = os.fspath(folder)
-        paths = {name: os.path.join(folder, name) for name in (INDEX_FILE, IDS_FILE, CONFIG_FILE)}
+        source = readable_directory(folder)
+        if source != os.path.abspath(folder):
+            logger.warning(f"{folder!r} is missing: loading the old index an interrupted save moved to {source!r}.")
+        paths = {name: os.path.join(source, name) for name in (INDEX_FILE, IDS_FILE, CONFIG_FILE)}
         missing = [name for name, path in paths.items() if not os.path.isfile(path)]
         if missing:
             raise FileNotFoundError(
                 f"{folder!r} is not a saved ProductIndex: missing {', '.join(missing)}. Build one with "
                 "`make-hf index` or `ProductIndex.save`."
             )
-        with open(paths[CONFIG_FILE], encoding="utf-8") as f:
-            config = json.load(f)
-        if config.get("format_version") != FORMAT_VERSION:
+        config = _read_json(paths[CONFIG_FILE], folder)
+        version = config.get("format_version") if isinstance(config, dict) else None
+        if version not in (1, FORMAT_VERSION):
             raise ValueError(
-                f"{paths[CONFIG_FILE]} has format_version {config.get('format_version')!r}; this make_hf reads "
-                f"version {FORMAT_VERSION}. Rebuild the index with this version."
+                f"{paths[CONFIG_FILE]} has format_version {version!r}; this make_hf reads versions 1 to "
+                f"{FORMAT_VERSION}. Rebuild the index with this version."
             )
-        with open(paths[IDS_FILE], encoding="utf-8") as f:
-            product_ids = json.load(f)
+        if version >= 2:
+            _check_manifest(folder, source, config)
+        product_ids = _read_json(paths[IDS_FILE], folder)
         index = faiss.read_index(paths[INDEX_FILE])
         if index.ntotal != len(product_ids) or index.ntotal != config["num_products"]:
             raise ValueError(

@@ -2,7 +2,10 @@
 
 import json
 import os
+import shutil
+import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -55,6 +58,7 @@ def test_round_trip_gives_the_same_results(tmp_path, catalogue, kind):
 
     index.save(tmp_path / "index")
     assert sorted(os.listdir(tmp_path / "index")) == ["index.faiss", "index_config.json", "product_ids.json"]
+    assert os.listdir(tmp_path) == ["index"]
     loaded = ProductIndex.load(tmp_path / "index")
     assert loaded.kind == kind and len(loaded) == NUM_PRODUCTS and loaded.dim == DIM
     assert loaded.params == index.params
@@ -139,8 +143,12 @@ def test_save_overwrites_and_leaves_no_temporary_files(tmp_path, catalogue):
     vectors, _, ids = catalogue
     folder = tmp_path / "index"
     ProductIndex.build(vectors, ids).save(folder)
+    (folder / "catalogue.jsonl").write_text("{}\n")  # not the index's: kept by a save
+    os.chmod(folder, 0o750)
     ProductIndex.build(vectors[:10], ids[:10], kind="hnsw").save(folder)
-    assert sorted(os.listdir(folder)) == ["index.faiss", "index_config.json", "product_ids.json"]
+    assert sorted(os.listdir(folder)) == ["catalogue.jsonl", "index.faiss", "index_config.json", "product_ids.json"]
+    assert os.listdir(tmp_path) == ["index"]
+    assert os.stat(folder).st_mode & 0o777 == 0o750
     loaded = ProductIndex.load(folder)
     assert loaded.kind == "hnsw" and len(loaded) == 10
 
@@ -150,10 +158,130 @@ def test_load_errors(tmp_path, catalogue):
     with pytest.raises(FileNotFoundError, match="missing index.faiss, product_ids.json, index_config.json"):
         ProductIndex.load(tmp_path)
     folder = ProductIndex.build(vectors[:10], ids[:10]).save(tmp_path / "index")
+    config = json.loads((tmp_path / "index" / "index_config.json").read_text())
     with open(os.path.join(folder, "product_ids.json"), "w") as f:
         json.dump(ids[:9], f)
+    with pytest.raises(ValueError, match=r"product_ids.json is not the file index_config.json was saved with \(\d+ "):
+        ProductIndex.load(folder)
+    # A version-1 folder (no manifest) still loads; its counts are checked.
+    config["format_version"] = 1
+    del config["files"]
+    (tmp_path / "index" / "index_config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="holds 10 vectors, product_ids.json 9 ids"):
         ProductIndex.load(folder)
+    (tmp_path / "index" / "index_config.json").write_text('{"format_version": 2, "ki')
+    with pytest.raises(ValueError, match="index_config.json is not valid JSON .* is damaged"):
+        ProductIndex.load(folder)
+
+
+def _old_and_new(catalogue):
+    """Two flat indexes of the same size (so their files have the same sizes) with other vectors and other ids."""
+    vectors, queries, ids = catalogue
+    old = ProductIndex.build(vectors, ids, metadata={"model": "old"})
+    new_ids = [pid.replace("sku", "alt") for pid in ids]
+    new = ProductIndex.build(vectors[::-1].copy(), new_ids, metadata={"model": "new"})
+    return old, new, queries
+
+
+@pytest.mark.parametrize("file", ["product_ids.json", "index.faiss"])
+def test_a_file_of_another_index_is_refused(tmp_path, catalogue, file):
+    old, new, _ = _old_and_new(catalogue)
+    old.save(tmp_path / "old")
+    new.save(tmp_path / "new")
+    assert os.path.getsize(tmp_path / "old" / file) == os.path.getsize(tmp_path / "new" / file)
+    shutil.copyfile(tmp_path / "new" / file, tmp_path / "old" / file)
+    with pytest.raises(ValueError) as error:
+        ProductIndex.load(tmp_path / "old")
+    message = str(error.value)
+    assert str(tmp_path / "old") in message and f"{file} is not the file index_config.json was saved with" in message
+    assert "Rebuild the index" in message
+
+
+def _assert_is(index_folder, expected, queries):
+    loaded = ProductIndex.load(index_folder)
+    assert loaded.product_ids == expected.product_ids and loaded.metadata == expected.metadata
+    assert loaded.search(queries, k=5)[0] == expected.search(queries, k=5)[0]
+    np.testing.assert_array_equal(loaded.search(queries, k=5)[1], expected.search(queries, k=5)[1])
+
+
+@pytest.mark.parametrize("step", ["write_index", "first_rename", "second_rename"])
+def test_a_failed_save_leaves_the_old_index(tmp_path, catalogue, monkeypatch, step):
+    import faiss
+
+    old, new, queries = _old_and_new(catalogue)
+    folder = tmp_path / "index"
+    old.save(folder)
+    renames = []
+
+    def failing_write_index(index, path):
+        with open(path, "wb") as f:
+            f.write(b"\0" * 100)
+        raise OSError(28, "No space left on device")
+
+    def failing_rename(source, target):
+        renames.append(source)
+        if len(renames) == {"first_rename": 1, "second_rename": 2}[step]:
+            raise OSError(28, "No space left on device")
+        real_rename(source, target)
+
+    real_rename = os.rename
+    if step == "write_index":
+        monkeypatch.setattr(faiss, "write_index", failing_write_index)
+    else:
+        monkeypatch.setattr(os, "rename", failing_rename)
+    with pytest.raises(OSError, match="No space left"):
+        new.save(folder)
+    monkeypatch.undo()
+    _assert_is(folder, old, queries)
+    assert os.listdir(tmp_path) == ["index"]
+
+
+# Saves `new` over the index in FOLDER and is killed (os._exit, no clean-up runs) at STEP.
+KILLED_SAVE = textwrap.dedent(
+    """
+    import json, os, sys
+    import numpy as np
+    from make_hf.index import ProductIndex
+
+    folder, step, vectors_file = sys.argv[1:4]
+    vectors = np.load(vectors_file)
+    new = ProductIndex.build(vectors[::-1].copy(), [f"alt-{i:04d}" for i in range(len(vectors))],
+                             metadata={"model": "new"})
+    if step == "writing_ids":  # the FAISS file is written, the ids are not
+        dump = json.dump
+        json.dump = lambda data, *args, **kw: os._exit(9) if isinstance(data, list) else dump(data, *args, **kw)
+    else:  # the old folder is moved aside, the new one not yet in its place
+        rename, renames = os.rename, []
+
+        def killed_rename(source, target):
+            renames.append(source)
+            if len(renames) == 2:
+                os._exit(9)
+            rename(source, target)
+
+        os.rename = killed_rename
+    new.save(folder)
+    """
+)
+
+
+@pytest.mark.parametrize("step", ["writing_ids", "between_renames"])
+def test_a_killed_save_leaves_the_old_index_and_the_next_save_cleans_up(tmp_path, catalogue, step):
+    vectors, _, ids = catalogue
+    old, new, queries = _old_and_new(catalogue)
+    folder = tmp_path / "indexes" / "index"
+    old.save(folder)
+    np.save(tmp_path / "vectors.npy", vectors)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(folder), step, str(tmp_path / "vectors.npy")],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 9, result.stderr[-3000:]
+    assert len(os.listdir(folder.parent)) == 2  # the half-written new folder (and maybe the old one moved aside)
+    _assert_is(folder, old, queries)
+
+    new.save(folder)
+    assert os.listdir(folder.parent) == ["index"]
+    _assert_is(folder, new, queries)
 
 
 @pytest.mark.parametrize(
