@@ -98,14 +98,33 @@ def run_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_queries_file(path: str) -> list[str]:
+    """The non-empty lines of `path`, stripped; invalid UTF-8 is reported with its line and column."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--queries-file {path!r}: no such file; give a text file with one query per line.")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise ValueError(
+            f"--queries-file {path!r}, line {line}: not valid UTF-8 (byte 0x{data[error.start]:02x} at column "
+            f"{column}); save the file as UTF-8."
+        ) from None
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return [line.strip() for line in lines if line.strip()]
+
+
 def run_search(args: argparse.Namespace) -> int:
     from .evaluation import encode_queries
     from .index import ProductIndex
 
     queries = list(args.queries)
     if args.queries_file:
-        with open(args.queries_file, encoding="utf-8") as f:
-            queries += [line.strip() for line in f if line.strip()]
+        queries += _read_queries_file(args.queries_file)
     if not queries:
         raise ValueError("No query given: pass query strings or --queries-file.")
     index = ProductIndex.load(args.index)
@@ -257,12 +276,75 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Arguments that are text, not paths: they must be valid Unicode. (A path may hold any bytes; on POSIX Python passes
+# the ones that are not UTF-8 through as lone surrogates, and open() gives the same bytes back.)
+_TEXT_ARGUMENTS = {
+    "queries": "query argument",
+    "repo_id": "repo_id",
+    "commit_message": "--commit-message",
+    "dataset_name": "--dataset-name",
+    "preset": "--preset",
+    "language": "--language",
+    "token": "--token",
+    "endpoint": "--endpoint",
+}
+
+
+def _check_text_arguments(args: argparse.Namespace) -> None:
+    """Refuse a text argument that is not valid UTF-8 (bytes like 0xff on the command line) before it reaches a
+    tokenizer or an HTTP request, which would fail with an error that names neither the argument nor the cause."""
+    for dest, name in _TEXT_ARGUMENTS.items():
+        values = getattr(args, dest, None)
+        for position, value in enumerate([values] if isinstance(values, str) else values or [], start=1):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as error:
+                code = ord(value[error.start])
+                # Python decodes command-line bytes that are not UTF-8 as U+DC80..U+DCFF (surrogateescape).
+                escaped = 0xDC80 <= code <= 0xDCFF
+                what = f"byte 0x{code - 0xDC00:02x}" if escaped else f"lone surrogate U+{code:04X}"
+                where = f"{name} {position}" if dest == "queries" else name
+                if dest != "token":
+                    where += f" {value.encode('utf-8', 'surrogateescape' if escaped else 'backslashreplace')!r}"
+                raise ValueError(
+                    f"{where} is not valid UTF-8 ({what} at character {error.start + 1}); pass it as UTF-8 text "
+                    "(from a UTF-8 terminal or locale, e.g. LANG=C.UTF-8)"
+                    + (" or in a UTF-8 --queries-file." if dest == "queries" else ".")
+                ) from None
+
+
+# Row files that make_hf.evaluation.read_rows decodes as UTF-8, by command.
+_ROW_FILE_ARGUMENTS = {"encode": ("catalogue",), "evaluate": ("products", "queries")}
+
+
+def _invalid_utf8(args: argparse.Namespace) -> str | None:
+    """Which row file of the command is not valid UTF-8, and where; None when all are (or none is readable)."""
+    for dest in _ROW_FILE_ARGUMENTS.get(args.command, ()):
+        path = getattr(args, dest, None)
+        if not path or path.lower().endswith(".parquet") or not os.path.isfile(path):
+            continue
+        with open(path, "rb") as f:
+            for line, raw in enumerate(f, start=1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    return (
+                        f"--{dest} {path!r}, line {line}: not valid UTF-8 (byte 0x{raw[error.start]:02x} at column "
+                        f"{error.start + 1}); save the file as UTF-8."
+                    )
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `make-hf` console script; returns the exit status (errors print one line, status 1)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _check_text_arguments(args)
         return args.run(args)
+    except UnicodeDecodeError as error:
+        print(f"make-hf {args.command}: error: {_invalid_utf8(args) or error}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError, ImportError, OSError) as error:
         print(f"make-hf {args.command}: error: {error}", file=sys.stderr)
         return 1

@@ -3,6 +3,8 @@
 import csv
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -174,3 +176,58 @@ def test_argument_errors_exit_like_argparse(capsys):
 def test_push_is_a_subcommand():
     args = build_parser().parse_args(["push", "some/folder", "org/make-small", "--private"])
     assert args.command == "push" and args.repo_id == "org/make-small" and args.private
+
+
+@pytest.fixture(scope="module")
+def small_index(workspace):
+    folder = workspace / "small-index"
+    vectors = torch.nn.functional.normalize(torch.randn(4, 32, generator=torch.Generator().manual_seed(0)), dim=1)
+    ProductIndex.build(vectors, ["a", "b", "c", "d"], metadata={"model": str(workspace / "model")}).save(folder)
+    return folder
+
+
+def test_a_query_that_is_not_utf8_is_a_one_line_error(small_index, capsys):
+    # Bytes 0xff on a command line reach Python as the lone surrogate U+DCFF.
+    status, out, err = _run(capsys, "search", "--index", small_index, "red mug", "caf\udcff")
+    assert status == 1 and out == ""
+    assert "make-hf search: error: query argument 2 b'caf\\xff' is not valid UTF-8 (byte 0xff at character 4)" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    status, out, _ = _run(capsys, "search", "--index", small_index, "café", "-k", 2)  # UTF-8 beyond ASCII is fine
+    assert status == 0 and out.startswith("café\n")
+
+
+def test_a_query_that_is_not_utf8_from_a_shell(small_index):
+    env = dict(os.environ, OMP_NUM_THREADS="1", LC_ALL="C.UTF-8")
+    result = subprocess.run([sys.executable, "-m", "make_hf.cli", "search", "--index", str(small_index), b"caf\xff"],
+                            env=env, capture_output=True, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.decode().strip() == (
+        "make-hf search: error: query argument 1 b'caf\\xff' is not valid UTF-8 (byte 0xff at character 4); pass it "
+        "as UTF-8 text (from a UTF-8 terminal or locale, e.g. LANG=C.UTF-8) or in a UTF-8 --queries-file."
+    )
+
+
+def test_a_text_option_that_is_not_utf8_is_named(tmp_path, capsys):
+    status, _, err = _run(capsys, "push", tmp_path, "org/name", "--commit-message", "r\udce9sum\udce9",
+                          "--endpoint", "http://127.0.0.1:9")
+    assert status == 1 and "make-hf push: error: --commit-message b'r\\xe9sum\\xe9' is not valid UTF-8" in err
+    status, _, err = _run(capsys, "push", tmp_path, "org/name", "--token", "hf_\udcff",
+                          "--endpoint", "http://127.0.0.1:9")
+    assert status == 1 and "--token is not valid UTF-8 (byte 0xff at character 4)" in err and "hf_" not in err
+
+
+def test_files_that_are_not_utf8_are_named_with_their_line(workspace, small_index, tmp_path, capsys):
+    queries_file = tmp_path / "queries.txt"
+    queries_file.write_bytes(b"red mug\nblue \xff charger\n")
+    status, _, err = _run(capsys, "search", "--index", small_index, "--queries-file", queries_file)
+    assert status == 1 and "Traceback" not in err
+    assert (f"make-hf search: error: --queries-file {str(queries_file)!r}, line 2: not valid UTF-8 (byte 0xff at "
+            "column 6); save the file as UTF-8.") in err
+
+    catalogue = tmp_path / "products.jsonl"
+    rows = [json.dumps({"product_id": f"p{i}", "title": f"mug {i}", "image": None}).encode() for i in range(3)]
+    rows[2] = rows[2].replace(b"mug", b"m\xe9g")  # Latin-1, not UTF-8
+    catalogue.write_bytes(b"\n".join(rows) + b"\n")
+    status, _, err = _run(capsys, "encode", "--model", workspace / "model", "--catalogue", catalogue,
+                          "--output", tmp_path / "out.safetensors", "--quiet")
+    assert status == 1 and f"--catalogue {str(catalogue)!r}, line 3: not valid UTF-8 (byte 0xe9 at column" in err
