@@ -20,7 +20,9 @@ Scores are Recall@{1,5,10,50}, MRR@10 and NDCG@10 with several relevant products
 
 The training loop calls `evaluate_retrieval` every few hundred steps: pass `conditions=("title+image",)`,
 `max_queries=` and `show_progress=False` to keep it cheap, or encode the catalogue once with `encode_products`
-and pass `encoded_products=` when only the query side changes.
+and pass `encoded_products=` when only the query side changes. The batched encoders live in `make_hf.encoding`
+(shared with `make_hf.retrieval.MakeRetriever`); `encode_products`, `encode_queries`, `EncodedProducts` and
+`CONDITIONS` are importable from here as well.
 """
 
 from __future__ import annotations
@@ -29,314 +31,27 @@ import csv
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
+from .encoding import (
+    CONDITIONS,
+    EncodedProducts,
+    _check_conditions,
+    _Table,
+    _unwrap,
+    encode_products,
+    encode_queries,
+)
 from .metrics import MRR_K, NDCG_K, RECALL_KS, max_cutoff, mean_metrics, per_query_metrics, ranks_from_scores
-
-CONDITIONS = ("title+image", "title", "image")
-"""The product conditions `evaluate_retrieval` scores: fused title and image, title only, image only."""
 
 MIXED_GROUP = "mixed"
 """The category group of a query whose relevant products belong to several groups."""
 
 # Score-matrix elements per search step: bounds memory whatever the catalogue size.
 _SEARCH_ELEMENTS = 1 << 24
-
-
-class _Table:
-    """Column access over a `datasets.Dataset`, a list of row dicts or a dict of columns."""
-
-    def __init__(self, data: Any, argument: str):
-        self.argument = argument
-        if hasattr(data, "column_names") and hasattr(data, "select_columns"):  # datasets.Dataset
-            if not hasattr(data, "__len__"):
-                raise ValueError(
-                    f"`{argument}` is a streaming (iterable) dataset; an evaluation set must be searchable as a "
-                    "whole: load it without streaming or pass a list of rows."
-                )
-            self._dataset, self._rows, self._columns = data, None, None
-            self.column_names = list(data.column_names)
-            self._length = len(data)
-        elif isinstance(data, Mapping):
-            lengths = {name: len(values) for name, values in data.items()}
-            if len(set(lengths.values())) > 1:
-                raise ValueError(f"The columns of `{argument}` have different lengths: {lengths}.")
-            self._dataset, self._rows, self._columns = None, None, dict(data)
-            self.column_names = list(data)
-            self._length = next(iter(lengths.values()), 0)
-        elif isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
-            for row, item in enumerate(data):
-                if not isinstance(item, Mapping):
-                    raise ValueError(f"`{argument}[{row}]` must be a dict of columns, got {type(item).__name__}.")
-            self._dataset, self._rows, self._columns = None, list(data), None
-            self.column_names = list(dict.fromkeys(name for item in self._rows for name in item))
-            self._length = len(self._rows)
-        else:
-            raise ValueError(
-                f"`{argument}` must be a datasets.Dataset, a list of row dicts or a dict of columns, "
-                f"got {type(data).__name__}."
-            )
-
-    def __len__(self) -> int:
-        return self._length
-
-    def has(self, name: str) -> bool:
-        return name in self.column_names
-
-    def require(self, *names: str) -> None:
-        missing = [name for name in names if not self.has(name)]
-        if missing:
-            raise ValueError(
-                f"`{self.argument}` has no column {', '.join(repr(n) for n in missing)} "
-                f"(columns: {self.column_names})."
-            )
-
-    def column(self, name: str, start: int = 0, end: int | None = None) -> list:
-        end = self._length if end is None else min(end, self._length)
-        if not self.has(name):
-            return [None] * (end - start)
-        if self._dataset is not None:
-            return list(self._dataset.select_columns([name])[start:end][name])
-        if self._columns is not None:
-            return list(self._columns[name][start:end])
-        return [row.get(name) for row in self._rows[start:end]]
-
-
-@dataclass
-class EncodedProducts:
-    """A catalogue encoded under one or more conditions (what `encode_products` returns).
-
-    Attributes:
-        product_ids: the catalogue's ids, in catalogue order.
-        embeds: condition -> (num_products, dim) float32 CPU tensor; rows that cannot be encoded in that
-            condition are zeros.
-        retrievable: condition -> (num_products,) bool, False for those rows.
-        modal_weights: (num_products, 2) `[title weight, image weight]` under `"title+image"` (None if that
-            condition was not encoded).
-        has_title, has_image: (num_products,) bool.
-        categories, category_groups: the catalogue's `category` / `category_group` columns (None if absent).
-    """
-
-    product_ids: list
-    embeds: dict[str, torch.Tensor]
-    retrievable: dict[str, torch.Tensor]
-    modal_weights: torch.Tensor | None
-    has_title: torch.Tensor
-    has_image: torch.Tensor
-    categories: list | None = None
-    category_groups: list | None = None
-    conditions: tuple[str, ...] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.conditions = tuple(self.embeds)
-
-
-def _check_conditions(conditions: Iterable[str]) -> tuple[str, ...]:
-    if isinstance(conditions, str):
-        conditions = (conditions,)
-    conditions = tuple(dict.fromkeys(conditions))
-    unknown = [c for c in conditions if c not in CONDITIONS]
-    if unknown or not conditions:
-        raise ValueError(f"Unknown condition(s) {unknown}; choose from {', '.join(CONDITIONS)}.")
-    return conditions
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    # DistributedDataParallel and similar wrappers hide the feature methods behind `.module`.
-    while not hasattr(model, "get_product_features") and hasattr(model, "module"):
-        model = model.module
-    for method in ("get_product_features", "get_query_features"):
-        if not hasattr(model, method):
-            raise ValueError(
-                f"`model` has no `{method}`; pass a `MakeModel` (unwrap it with accelerator.unwrap_model)."
-            )
-    return model
-
-
-def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
-    parameter = next(model.parameters())
-    return parameter.device, parameter.dtype
-
-
-class _EvalMode:
-    """Run in eval mode without gradients, and put the model back in the mode it was in."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.model, self.was_training = model, model.training
-
-    def __enter__(self):
-        self.model.eval()
-        self.no_grad = torch.inference_mode()
-        self.no_grad.__enter__()
-
-    def __exit__(self, *exc):
-        self.no_grad.__exit__(*exc)
-        self.model.train(self.was_training)
-
-
-def _has_title(title: Any) -> bool:
-    return isinstance(title, str) and bool(title.strip())
-
-
-def encode_products(
-    model: torch.nn.Module,
-    processor: Any,
-    products: Any,
-    *,
-    conditions: Iterable[str] = CONDITIONS,
-    batch_size: int = 64,
-    show_progress: bool = True,
-    image_features: Any = None,
-) -> EncodedProducts:
-    """Encode a catalogue with `model.get_product_features` under each condition.
-
-    Each batch goes through the processor once (images decoded and resized once); the towers then run once
-    per condition on the rows that condition can encode.
-
-    Args:
-        model: a `MakeModel` (or a wrapper with `.module`); its mode is restored afterwards.
-        processor: the model's `MakeProcessor`.
-        products: rows with `product_id`, `title` (str or None) and `image` (anything
-            `make_hf.image_utils.load_image` reads, or None); optional `category`, `category_group`.
-        conditions: any of `"title+image"`, `"title"`, `"image"`.
-        batch_size: products per forward pass.
-        show_progress: show a tqdm progress bar.
-        image_features (`ImageFeatureCache`, *optional*): for a model with a locked image tower, take the tower's
-            outputs from this cache (filled with the catalogue's images first) instead of running the tower.
-    """
-    conditions = _check_conditions(conditions)
-    if batch_size < 1:
-        raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
-    table = _Table(products, "products")
-    table.require("product_id")
-    if not (table.has("title") or table.has("image")):
-        raise ValueError(f"`products` needs a 'title' or an 'image' column (columns: {table.column_names}).")
-    num_products = len(table)
-    if num_products == 0:
-        raise ValueError("`products` is empty: there is nothing to search.")
-    product_ids = table.column("product_id")
-    seen: dict[Any, int] = {}
-    for row, pid in enumerate(product_ids):
-        if isinstance(pid, bool) or not isinstance(pid, (str, int)):
-            raise ValueError(f"products[{row}]['product_id'] is {pid!r}; product ids must be strings.")
-        if pid in seen:
-            raise ValueError(
-                f"products[{row}]['product_id'] = {pid!r} repeats products[{seen[pid]}]; ids must be unique."
-            )
-        seen[pid] = row
-
-    model = _unwrap(model)
-    device, dtype = _model_device_dtype(model)
-    has_title = torch.zeros(num_products, dtype=torch.bool)
-    has_image = torch.zeros(num_products, dtype=torch.bool)
-    embeds: dict[str, torch.Tensor] = {}
-    modal_weights = None
-    progress = tqdm(total=num_products, desc="Encoding products", unit="product", disable=not show_progress)
-    with _EvalMode(model):
-        for start in range(0, num_products, batch_size):
-            end = min(start + batch_size, num_products)
-            titles = [t if _has_title(t) else None for t in table.column("title", start, end)]
-            images = table.column("image", start, end)
-            batch_title = torch.tensor([t is not None for t in titles])
-            batch_image = torch.tensor([image is not None for image in images])
-            for offset in (~(batch_title | batch_image)).nonzero().flatten().tolist():
-                raise ValueError(
-                    f"products[{start + offset}] (product_id {product_ids[start + offset]!r}) has neither a title "
-                    "nor an image; drop it or give it one."
-                )
-            has_title[start:end], has_image[start:end] = batch_title, batch_image
-            inputs = processor(
-                title=titles if batch_title.any() else None,
-                images=images if batch_image.any() and image_features is None else None,
-                return_tensors="pt",
-            )
-            if image_features is not None and batch_image.any():
-                image_features.fill(images)
-                inputs["image_features"], inputs["image_mask"] = image_features.lookup(images)
-                unreadable = (batch_image & ~inputs["image_mask"].bool()).nonzero().flatten().tolist()
-                if unreadable:
-                    raise ValueError(
-                        f"products[{start + unreadable[0]}] (product_id {product_ids[start + unreadable[0]]!r}): "
-                        "its image cannot be read; fix or drop it."
-                    )
-            text = {}
-            if "title_input_ids" in inputs:
-                text = {
-                    "title_input_ids": inputs["title_input_ids"].to(device),
-                    "title_attention_mask": inputs["title_attention_mask"].to(device),
-                }
-            pixels = {}
-            for key in ("pixel_values", "image_features"):
-                if key in inputs:
-                    pixels = {key: inputs[key].to(device, dtype), "image_mask": inputs["image_mask"].to(device)}
-            for condition in conditions:
-                if condition == "title+image":
-                    rows = torch.ones(end - start, dtype=torch.bool)
-                    features, weights = model.get_product_features(**text, **pixels)
-                    if modal_weights is None:
-                        modal_weights = torch.zeros(num_products, weights.shape[-1])
-                    modal_weights[start:end] = weights.float().cpu()
-                else:
-                    rows = batch_title if condition == "title" else batch_image
-                    if not rows.any():
-                        continue
-                    chosen = text if condition == "title" else pixels
-                    index = rows.nonzero().flatten().to(device)
-                    features, _ = model.get_product_features(**{k: v[index] for k, v in chosen.items()})
-                if condition not in embeds:
-                    embeds[condition] = torch.zeros(num_products, features.shape[-1])
-                embeds[condition][start:end][rows] = features.float().cpu()
-            progress.update(end - start)
-    progress.close()
-    retrievable = {"title+image": torch.ones(num_products, dtype=torch.bool), "title": has_title, "image": has_image}
-    dim = next(iter(embeds.values())).shape[-1] if embeds else model.config.projection_dim
-    return EncodedProducts(
-        product_ids=product_ids,
-        embeds={c: embeds.get(c, torch.zeros(num_products, dim)) for c in conditions},
-        retrievable={c: retrievable[c].clone() for c in conditions},
-        modal_weights=modal_weights,
-        has_title=has_title,
-        has_image=has_image,
-        categories=table.column("category") if table.has("category") else None,
-        category_groups=table.column("category_group") if table.has("category_group") else None,
-    )
-
-
-def encode_queries(
-    model: torch.nn.Module,
-    processor: Any,
-    queries: Sequence[str],
-    *,
-    batch_size: int = 256,
-    show_progress: bool = True,
-) -> torch.Tensor:
-    """Encode query strings with `model.get_query_features`: (num_queries, dim) float32 on the model's device."""
-    if isinstance(queries, str):
-        queries = [queries]
-    if batch_size < 1:
-        raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
-    for row, text in enumerate(queries):
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"queries[{row}] is {text!r}; a query must be a non-empty string.")
-    model = _unwrap(model)
-    device, _ = _model_device_dtype(model)
-    outputs = []
-    with _EvalMode(model):
-        for start in tqdm(range(0, len(queries), batch_size), desc="Encoding queries", unit="batch",
-                          disable=not show_progress):
-            inputs = processor(query=list(queries[start : start + batch_size]), return_tensors="pt")
-            features = model.get_query_features(
-                inputs["query_input_ids"].to(device), inputs["query_attention_mask"].to(device)
-            )
-            outputs.append(features.float())
-    if not outputs:
-        return torch.zeros(0, getattr(model.config, "projection_dim", 0), device=device)
-    return torch.cat(outputs)
 
 
 def _score_chunks(query_embeds: torch.Tensor, product_embeds: torch.Tensor, retrievable: torch.Tensor | None):

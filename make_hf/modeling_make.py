@@ -14,6 +14,7 @@ keywords -> query encoder -> pool -> proj -> k --------------------------------'
 """
 
 import copy
+import functools
 import inspect
 import json
 import math
@@ -88,6 +89,96 @@ class MakeOutput(ModelOutput):
     logits_per_product: torch.FloatTensor | None = None
     modal_weights: torch.FloatTensor | None = None
     masked_negatives: torch.FloatTensor | None = None
+
+
+@dataclass
+class MakeProductOutput(ModelOutput):
+    r"""
+    Output of [`MakeModel.get_product_features`].
+
+    Read the fields by name (`out.product_embeds`), by position (`out[0]`, `out.to_tuple()`) or as a dict; plain
+    iteration raises (`product, weights = out` would unpack the dict's keys, two strings).
+
+    Args:
+        product_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`):
+            L2-normalised fused product embeddings; a product with only a title (image) gets exactly its title
+            (image) embedding, one with neither a zero vector.
+        modal_weights (`torch.FloatTensor` of shape `(batch_size, 2)`):
+            `[title weight, image weight]` of each product; rows sum to 1 (0 for a product with neither).
+    """
+
+    product_embeds: torch.FloatTensor | None = None
+    modal_weights: torch.FloatTensor | None = None
+
+    def __iter__(self):
+        # A dict iterates its keys, so tuple-style unpacking of the former `(embeds, weights)` return value would
+        # silently yield the strings "product_embeds" and "modal_weights".
+        raise TypeError(
+            "MakeProductOutput is not iterable: read `.product_embeds` and `.modal_weights` (or `out.to_tuple()`, "
+            "`out.keys()`) instead of unpacking it."
+        )
+
+
+_BATCH_KEYS = frozenset(
+    {
+        "query_input_ids",
+        "query_attention_mask",
+        "title_input_ids",
+        "title_attention_mask",
+        "pixel_values",
+        "image_mask",
+        "image_features",
+        "keyword_input_ids",
+        "keyword_attention_mask",
+        "query_term_ids",
+        "keyword_term_ids",
+        "product_ids",
+    }
+)
+"""The keys of a `MakeProcessor` (or collator) batch, i.e. the inputs of `MakeModel.forward`. A feature method given
+a batch unpacked (`**processor(...)`) ignores those of them it does not use."""
+
+
+def _accepts_batch_keys(**aliases: str):
+    """
+    Let a feature method take a `MakeProcessor` batch unpacked: `model.get_query_features(**processor(query=...))`.
+
+    `aliases` maps batch keys to the method's own argument names (`query_input_ids="input_ids"`); the method's own
+    names keep working, positionally or by keyword. Other `_BATCH_KEYS` are dropped, since a processor emits keys for
+    every input it was given (`keyword_*` and term ids in a training-style call). Anything else is a `TypeError`
+    naming the argument and what the method takes, so a misspelt argument still fails.
+    """
+
+    def decorate(method):
+        signature = inspect.signature(method)
+        own = [name for name in signature.parameters if name != "self"]
+        described = ", ".join(f"`{name}`" for name in own)
+        if aliases:
+            described += " or the processor's " + ", ".join(f"`{key}`" for key in aliases)
+
+        @functools.wraps(method)
+        def wrapper(self, *args, **kwargs):
+            call, given_as = {}, {}
+            for key, value in kwargs.items():
+                name = aliases.get(key, key)
+                if name in own:
+                    if name in call:
+                        raise TypeError(
+                            f"`{method.__name__}` got `{name}` twice (as `{given_as[name]}` and as `{key}`); pass "
+                            "one of them."
+                        )
+                    call[name], given_as[name] = value, key
+                elif key not in _BATCH_KEYS:
+                    raise TypeError(f"`{method.__name__}` got an unexpected argument `{key}`; it takes {described}.")
+            try:
+                signature.bind(self, *args, **call)
+            except TypeError as error:
+                raise TypeError(f"`{method.__name__}`: {error}; it takes {described}.") from None
+            return method(self, *args, **call)
+
+        return wrapper
+
+    return decorate
 
 
 def masked_mean_pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -276,10 +367,10 @@ class MakeModel(MakePreTrainedModel):
 
     >>> model = MakeModel(MakeConfig.from_preset("make-tiny")).eval()
     >>> query = model.get_query_features(torch.tensor([[2, 17, 3]]))
-    >>> product, modal_weights = model.get_product_features(
+    >>> product = model.get_product_features(
     ...     title_input_ids=torch.tensor([[2, 17, 40, 3]]), pixel_values=torch.randn(1, 3, 32, 32)
     ... )
-    >>> (query @ product.T).shape, modal_weights.sum().item()
+    >>> (query @ product.product_embeds.T).shape, product.modal_weights.sum().item()
     (torch.Size([1, 1]), 1.0)
     ```
     """
@@ -381,6 +472,7 @@ class MakeModel(MakePreTrainedModel):
         embeds = projection(pooled)
         return F.normalize(embeds, dim=-1) if normalize else embeds
 
+    @_accepts_batch_keys(query_input_ids="input_ids", query_attention_mask="attention_mask")
     def get_query_features(
         self,
         input_ids: torch.LongTensor,
@@ -391,6 +483,10 @@ class MakeModel(MakePreTrainedModel):
     ) -> torch.FloatTensor:
         """
         Encode queries (or keyword strings) with the query encoder.
+
+        Every feature method also takes a `MakeProcessor` batch unpacked, e.g.
+        `model.get_query_features(**processor(query=["red sneakers"]))`: here `query_input_ids` and
+        `query_attention_mask` stand for `input_ids` and `attention_mask`, and the batch's other keys are ignored.
 
         Args:
             input_ids, attention_mask (`torch.LongTensor` of shape `(B, L)`): tokenised queries.
@@ -407,15 +503,18 @@ class MakeModel(MakePreTrainedModel):
             self.query_model, self.query_projection, input_ids, attention_mask, token_type_ids, project, normalize
         )
 
+    @_accepts_batch_keys(keyword_input_ids="input_ids", keyword_attention_mask="attention_mask")
     def get_keyword_features(
         self,
         input_ids: torch.LongTensor,
         attention_mask: torch.LongTensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
     ) -> torch.FloatTensor:
-        """Encode keyword strings with the query encoder (Keyword Enhancement); same as `get_query_features`."""
+        """Encode keyword strings with the query encoder (Keyword Enhancement); same as `get_query_features`, with
+        `keyword_input_ids` / `keyword_attention_mask` as the processor's names for `input_ids` / `attention_mask`."""
         return self.get_query_features(input_ids, attention_mask, token_type_ids)
 
+    @_accepts_batch_keys(title_input_ids="input_ids", title_attention_mask="attention_mask")
     def get_title_features(
         self,
         input_ids: torch.LongTensor,
@@ -427,7 +526,9 @@ class MakeModel(MakePreTrainedModel):
         """
         Encode titles with the title encoder (the query encoder when `share_text_encoder=True`).
 
-        Arguments and output as in [`~MakeModel.get_query_features`].
+        Arguments and output as in [`~MakeModel.get_query_features`]; the processor's names are `title_input_ids`
+        and `title_attention_mask` (`model.get_title_features(**processor(title=titles))`). A row without a title gets
+        an unused embedding; [`~MakeModel.get_product_features`] is what drops it.
         """
         if self.title_model is None:
             return self.get_query_features(input_ids, attention_mask, token_type_ids, project, normalize)
@@ -436,6 +537,7 @@ class MakeModel(MakePreTrainedModel):
             self.title_model, projection, input_ids, attention_mask, token_type_ids, project, normalize
         )
 
+    @_accepts_batch_keys()
     def get_image_features(
         self,
         pixel_values: torch.FloatTensor | None = None,
@@ -445,6 +547,10 @@ class MakeModel(MakePreTrainedModel):
     ) -> torch.FloatTensor:
         """
         Encode images with the image encoder.
+
+        Takes the processor's output unpacked (`model.get_image_features(**processor(images=images))`); its
+        `image_mask` is ignored here: a row without an image gets an unused embedding, which
+        [`~MakeModel.get_product_features`] drops.
 
         Args:
             pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`): at the image processor's size.
@@ -495,6 +601,7 @@ class MakeModel(MakePreTrainedModel):
                 preference[:, 0] = fill
         return fuse_title_and_image(title_embeds, image_embeds, has_title, has_image, preference)
 
+    @_accepts_batch_keys()
     def get_product_features(
         self,
         title_input_ids: torch.LongTensor | None = None,
@@ -502,10 +609,11 @@ class MakeModel(MakePreTrainedModel):
         pixel_values: torch.FloatTensor | None = None,
         image_mask: torch.LongTensor | None = None,
         image_features: torch.FloatTensor | None = None,
-    ) -> tuple[torch.FloatTensor, torch.FloatTensor]:
+    ) -> MakeProductOutput:
         """
         Encode products from their title and/or image and fuse them (Modal Adaptation unless `config.fusion` says
-        otherwise).
+        otherwise). Takes the processor's output unpacked: `model.get_product_features(**processor(title=...,
+        images=...))`.
 
         Args:
             title_input_ids, title_attention_mask (`torch.LongTensor` of shape `(B, L)`, *optional*): a row whose
@@ -517,13 +625,14 @@ class MakeModel(MakePreTrainedModel):
                 outputs computed earlier, instead of `pixel_values` (see [`~MakeModel.get_image_features`]).
 
         Returns:
-            `(product_embeds, modal_weights)`: `(B, projection_dim)` normalised embeddings and `(B, 2)`
-            `[title weight, image weight]`.
+            [`MakeProductOutput`] with `product_embeds` `(B, projection_dim)` (normalised) and `modal_weights`
+            `(B, 2)` (`[title weight, image weight]`).
         """
         title_embeds, image_embeds, has_title, has_image = self._encode_product_parts(
             title_input_ids, title_attention_mask, pixel_values, image_mask, image_features
         )
-        return self._fuse(title_embeds, image_embeds, has_title, has_image)
+        product_embeds, modal_weights = self._fuse(title_embeds, image_embeds, has_title, has_image)
+        return MakeProductOutput(product_embeds=product_embeds, modal_weights=modal_weights)
 
     def _encode_product_parts(self, title_input_ids, title_attention_mask, pixel_values, image_mask, image_features):
         image_input = image_features if image_features is not None else pixel_values
@@ -1006,6 +1115,7 @@ MakeModel.register_for_auto_class("AutoModel")
 __all__ = [
     "MakeModel",
     "MakeOutput",
+    "MakeProductOutput",
     "MakePreTrainedModel",
     "ModalAdaptation",
     "fuse_title_and_image",

@@ -30,12 +30,8 @@ def embed(model, processor, inputs: dict) -> dict:
     training = processor(query=inputs["queries"], title=inputs["train_titles"], images=inputs["train_images"])
     with torch.no_grad():
         query_embeds = model.get_query_features(queries["query_input_ids"], queries["query_attention_mask"])
-        product_embeds, modal_weights = model.get_product_features(
-            title_input_ids=products["title_input_ids"],
-            title_attention_mask=products["title_attention_mask"],
-            pixel_values=products["pixel_values"],
-            image_mask=products["image_mask"],
-        )
+        product = model.get_product_features(**products)
+        product_embeds, modal_weights = product.product_embeds, product.modal_weights
         keyword_embeds = model.get_query_features(training["keyword_input_ids"], training["keyword_attention_mask"])
     tensors = {"query_embeds": query_embeds, "product_embeds": product_embeds, "modal_weights": modal_weights,
                "keyword_embeds": keyword_embeds}

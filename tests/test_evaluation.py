@@ -111,9 +111,11 @@ def test_metrics_match_an_independent_computation(setup):
         model.eval()
         query_inputs = processor(query=[q["query"] for q in queries])
         query_embeds = model.get_query_features(query_inputs["query_input_ids"], query_inputs["query_attention_mask"])
-        fused, weights = model.get_product_features(**processor(title=titles, images=[p["image"] for p in products]))
+        fused = model.get_product_features(**processor(title=titles, images=[p["image"] for p in products]))
+        fused, weights = fused.product_embeds, fused.modal_weights
         with_image = [i for i, p in enumerate(products) if p["image"] is not None]
-        image_only, _ = model.get_product_features(**processor(images=[products[i]["image"] for i in with_image]))
+        image_only = model.get_product_features(**processor(images=[products[i]["image"] for i in with_image]))
+        image_only = image_only.product_embeds
     expected = retrieval_metrics_from_scores(query_embeds @ fused.T, relevant)
     assert results["title+image"]["overall"] == pytest.approx({**expected, "num_queries": 6}, abs=1e-6)
     image_scores = torch.full((len(queries), len(products)), -math.inf)

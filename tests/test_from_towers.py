@@ -63,8 +63,8 @@ def test_composed_model_trains_and_round_trips(minilm_model, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded.get_query_features(ids), minilm_model.get_query_features(ids))
         torch.testing.assert_close(
-            loaded.get_product_features(ids, pixel_values=pixels)[0],
-            minilm_model.get_product_features(ids, pixel_values=pixels)[0],
+            loaded.get_product_features(ids, pixel_values=pixels).product_embeds,
+            minilm_model.get_product_features(ids, pixel_values=pixels).product_embeds,
         )
 
 

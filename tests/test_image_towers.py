@@ -171,9 +171,9 @@ def test_from_towers_takes_the_folder_trains_and_round_trips(lite0, tokenizer, t
     assert torch.equal(loaded_batch["pixel_values"], batch["pixel_values"])
     with torch.no_grad():
         expected = model.get_product_features(batch["title_input_ids"], batch["title_attention_mask"],
-                                              batch["pixel_values"])[0]
+                                              batch["pixel_values"]).product_embeds
         actual = loaded.get_product_features(loaded_batch["title_input_ids"], loaded_batch["title_attention_mask"],
-                                             loaded_batch["pixel_values"])[0]
+                                             loaded_batch["pixel_values"]).product_embeds
     assert torch.equal(actual, expected)
 
 

@@ -89,13 +89,15 @@ def test_missing_modality_gets_exactly_the_other_embedding():
         torch.testing.assert_close(model(**changed).product_embeds[0], output.product_embeds[0], rtol=0, atol=0)
 
         titles = (batch["title_input_ids"], batch["title_attention_mask"])
-        title_only, title_weights = model.get_product_features(*titles)
+        title_output = model.get_product_features(*titles)
+        title_only, title_weights = title_output.product_embeds, title_output.modal_weights
         assert torch.equal(title_only[1:], model.get_title_features(*titles)[1:])
         assert title_weights[1:].tolist() == [[1.0, 0.0]] * 5
         # Row 0 has neither a title nor (here) an image: zero embedding, zero weights.
         assert not title_only[0].any() and not title_weights[0].any()
 
-        image_only, image_weights = model.get_product_features(pixel_values=batch["pixel_values"])
+        image_output = model.get_product_features(pixel_values=batch["pixel_values"])
+        image_only, image_weights = image_output.product_embeds, image_output.modal_weights
         assert torch.equal(image_only, model.get_image_features(batch["pixel_values"]))
         assert image_weights.tolist() == [[0.0, 1.0]] * 6
 
@@ -137,7 +139,7 @@ def test_modal_adaptation_learns_which_modality_decides():
         optimizer.step()
         model.clamp_logit_scale()
 
-    image_weight = model.get_product_features(title_ids, pixel_values=images)[1][:, 1].detach()
+    image_weight = model.get_product_features(title_ids, pixel_values=images).modal_weights[:, 1].detach()
     assert abs(initial[:half].mean() - initial[half:].mean()) < 0.05
     assert image_weight[:half].mean() - image_weight[half:].mean() > 0.25
     assert image_weight[:half].min() > image_weight[half:].max()

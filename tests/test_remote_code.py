@@ -48,8 +48,8 @@ CHILD = textwrap.dedent(
     model = AutoModel.from_pretrained(model_dir, trust_remote_code=True).eval()
     inputs = {key: torch.tensor(value) for key, value in json.load(open(inputs_file)).items()}
     with torch.no_grad():
-        product, weights = model.get_product_features(pixel_values=inputs["pixel_values"],
-                                                      title_input_ids=inputs["title_input_ids"])
+        product = model.get_product_features(pixel_values=inputs["pixel_values"],
+                                             title_input_ids=inputs["title_input_ids"]).product_embeds
         query = model.get_query_features(inputs["query_input_ids"])
     print(json.dumps({"module": type(model).__module__, "class": type(model).__name__,
                       "without_code": without_code, "query": query.tolist(), "product": product.tolist()}))
@@ -98,9 +98,9 @@ def test_trust_remote_code_in_a_process_without_make_hf(tmp_path, build):
     inputs_file = tmp_path / "inputs.json"
     inputs_file.write_text(json.dumps({key: value.tolist() for key, value in inputs.items()}))
     with torch.no_grad():
-        expected_product, _ = model.get_product_features(
+        expected_product = model.get_product_features(
             title_input_ids=inputs["title_input_ids"], pixel_values=inputs["pixel_values"]
-        )
+        ).product_embeds
         expected_query = model.get_query_features(inputs["query_input_ids"])
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), OMP_NUM_THREADS="1")
@@ -121,8 +121,8 @@ def test_trust_remote_code_in_a_process_without_make_hf(tmp_path, build):
 
     reloaded = MakeModel.from_pretrained(model_dir).eval()
     with torch.no_grad():
-        product, _ = reloaded.get_product_features(
+        product = reloaded.get_product_features(
             title_input_ids=inputs["title_input_ids"], pixel_values=inputs["pixel_values"]
-        )
+        ).product_embeds
         torch.testing.assert_close(product, expected_product, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(reloaded.get_query_features(inputs["query_input_ids"]), expected_query)
