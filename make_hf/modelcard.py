@@ -259,7 +259,8 @@ def metric_groups(evaluation: Mapping | str | os.PathLike) -> list[tuple[tuple[s
         evaluation: the evaluation's JSON (a mapping, or the path of a JSON file), e.g. the result of
             `make_hf.evaluation.evaluate_retrieval` (`{"title+image": {"overall": {...}, "by_bucket": {"seen":
             {...}}}, "title": {...}}`). Any nesting of mappings; a mapping with metric keys (`recall@k`, `mrr@k`,
-            `ndcg@k`, case-insensitive, an optional prefix such as `eval_`) is a group.
+            `ndcg@k`, case-insensitive, an optional prefix such as `eval_`) is a group; `per_query` sections (each
+            query's values) are skipped.
 
     Returns:
         `[(path, {"recall@1": 0.8, ..., "mrr@10": ..., "ndcg@10": ...})]`: `path` is the tuple of keys leading to the
@@ -292,6 +293,8 @@ def metric_groups(evaluation: Mapping | str | os.PathLike) -> list[tuple[tuple[s
             if not isinstance(value, Mapping):
                 continue
             key = str(key)
+            if key == "per_query":  # each query's values (`return_per_query=True`): not a group of the card
+                continue
             if key == "overall":  # make_hf.evaluation: a condition's metrics over all its queries
                 visit(value, path)
             elif key.startswith("by_"):  # a breakdown: {"by_bucket": {"seen": {...}}} -> "bucket=seen"

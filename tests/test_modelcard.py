@@ -141,6 +141,9 @@ def test_metric_groups_reads_nesting_in_order():
     assert [path for path, _ in groups] == [
         ("title+image",), ("title+image", "bucket=seen"), ("title+image", "bucket=title_only_term"), ("title",),
     ]
+    # Each query's values (evaluate_retrieval(return_per_query=True), --per_query_results) are not card groups.
+    with_per_query = {"title": {"overall": {"recall@10": 0.5}, "per_query": {"recall@10": [0.0, 1.0]}}}
+    assert metric_groups(with_per_query) == [(("title",), {"recall@10": 0.5})]
 
 
 @pytest.mark.parametrize(
