@@ -6,19 +6,20 @@ defaults are chosen without looking at the test split. Under each table: a paire
 (MAKE - best other row) on per-query test Recall@10, each system's per-query values averaged over its seeds.
 """
 
+import copy
 import dataclasses
 import glob
-import json
 import os
 import statistics
 
-from quality import DATASETS, DESCRIPTIONS, LEARNING_RATES, RESULTS, SEEDS, VARIANTS, chosen_learning_rate, \
-    initialisation, load_result, result_path
+from quality import (BATCH_SIZE, DATASETS, DESCRIPTIONS, LEARNING_RATES, RESULTS, SEEDS, STEPS, VARIANTS,
+                     WARMUP_STEPS, chosen_learning_rate, initialisation, load_result, result_path)
 
 from make_hf.atomic import write_json, write_text
 from make_hf.metrics import paired_bootstrap_interval
 
 METRICS = (("R@1", "recall@1"), ("R@10", "recall@10"), ("MRR@10", "mrr@10"))
+PRESET_ROWS = ("clip", "make-shared-encoder", "make-no-ma", "make-no-ke")
 BASELINE_ORDER = ("clip", "make-shared-encoder", "make-no-ma", "make-no-ke", "fixed mix",
                   "sentence-transformers fine-tune", "MiniLM zero-shot", "BM25")
 
@@ -83,7 +84,7 @@ def dataset_rows(dataset: str) -> dict:
 
 
 def _cell(stats: dict) -> str:
-    return f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+    return f"{stats['mean']:.3f} ± {stats['std']:.3f}" if stats["n"] > 1 else f"{stats['mean']:.3f}"
 
 
 def _table_line(label: str, row: dict) -> str:
@@ -91,7 +92,8 @@ def _table_line(label: str, row: dict) -> str:
     title_only = _cell(row["title_recall@10"]) if "title_recall@10" in row else "-"
     image_only = _cell(row["image_recall@10"]) if "image_recall@10" in row else "-"
     lr = "-" if row["learning_rate"] is None else f"{row['learning_rate']:g}"
-    return (f"| {label} | " + " | ".join(cells) + f" | {title_only} | {image_only} | {row['seeds']} | {lr} | "
+    seeds = row["seeds"] if row["learning_rate"] is not None else "- (deterministic)"
+    return (f"| {label} | " + " | ".join(cells) + f" | {title_only} | {image_only} | {seeds} | {lr} | "
             f"{row['cpu_seconds']['mean'] / 60:.1f} |")
 
 
@@ -110,8 +112,7 @@ def markdown(reports: dict) -> str:
         if report["make"]:
             make = report["make"]
             lines.append(_table_line(f"MAKE (`{make['name']}`: {DESCRIPTIONS[make['name']]})", make))
-        lines += [_table_line(row["name"] if row["name"] not in VARIANTS or not VARIANTS[row["name"]].trained
-                              or row["name"] == "sentence-transformers fine-tune" else f"`{row['name']}`", row)
+        lines += [_table_line(f"`{row['name']}`" if row["name"] in PRESET_ROWS else row["name"], row)
                   for row in report["baselines"]]
         lines.append("")
         if "bootstrap" in report:
@@ -171,17 +172,19 @@ def plot(reports: dict, path: str) -> None:
 def write_report(datasets=DATASETS) -> None:
     reports = {dataset: dataset_rows(dataset) for dataset in datasets}
     results_dir = os.path.dirname(RESULTS)
+    tables = copy.deepcopy(reports)
+    for report in tables.values():
+        for row in report["candidates"] + report["baselines"]:
+            row.pop("per_query_recall@10", None)  # kept in the per-run files
     payload = {
-        "settings": {"learning_rates": LEARNING_RATES, "seeds": SEEDS,
+        "settings": {"steps": STEPS, "batch_size": BATCH_SIZE, "warmup_steps": WARMUP_STEPS,
+                     "learning_rates": LEARNING_RATES, "seeds": SEEDS,
                      "initialisation": {d: {n: initialisation(d, v) for n, v in VARIANTS.items()} for d in datasets}},
-        "tables": {d: {k: v for k, v in r.items()} for d, r in reports.items()},
+        "tables": tables,
         "runs": {dataset: all_runs(dataset) for dataset in datasets},
     }
-    for report in payload["tables"].values():
-        for row in report["candidates"] + report["baselines"]:
-            row.pop("per_query_recall@10", None)
     write_json(os.path.join(results_dir, "quality.json"), payload)
-    table = markdown({d: dataset_rows(d) for d in datasets})
+    table = markdown(reports)
     write_text(os.path.join(results_dir, "quality.md"), table + "\n")
     plot(reports, os.path.join(results_dir, "quality.png"))
     print(table)
@@ -192,4 +195,3 @@ __all__ = ["write_report", "dataset_rows", "markdown"]
 
 if __name__ == "__main__":
     write_report()
-    print(json.dumps({"results": RESULTS}))
