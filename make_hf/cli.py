@@ -28,8 +28,13 @@ import sys
 from collections.abc import Sequence
 
 from .atomic import write_json
-from .evaluation import CONDITIONS
-from .index import INDEX_KINDS
+
+# The choices the parser offers, written out so that `make-hf --help` imports no torch (the modules that define them
+# do); tests/test_lazy_import.py checks them against make_hf.encoding.CONDITIONS, make_hf.index.INDEX_KINDS and
+# make_hf.image_towers.EFFICIENTNET_LITE_VARIANTS.
+_CONDITIONS = ("title+image", "title", "image")
+_INDEX_KINDS = ("flat", "hnsw", "ivfpq")
+_IMAGE_TOWER_VARIANTS = ("lite0", "lite1", "lite2")
 
 
 def _device(name: str | None) -> str:
@@ -208,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--catalogue", required=True,
                         help="JSONL/JSON/CSV/TSV/Parquet file with product_id, title, image (path relative to it)")
     encode.add_argument("--output", required=True, help="embeddings file to write (.safetensors)")
-    encode.add_argument("--condition", default="title+image", choices=CONDITIONS,
+    encode.add_argument("--condition", default="title+image", choices=_CONDITIONS,
                         help="what of each product to encode")
     encode.add_argument("--batch-size", type=int, default=64)
     encode.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -217,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     index = command("index", "Build a FAISS product index from an embeddings file and save it to a folder.")
     index.add_argument("--embeddings", required=True, help="file written by `make-hf encode`")
     index.add_argument("--output", required=True, help="folder to save the index in")
-    index.add_argument("--kind", default="hnsw", choices=INDEX_KINDS)
+    index.add_argument("--kind", default="hnsw", choices=_INDEX_KINDS)
     index.add_argument("--hnsw-m", type=int, default=32, help="HNSW graph degree")
     index.add_argument("--ef-construction", type=int, default=200, help="HNSW build beam width")
     index.add_argument("--ef-search", type=int, default=64, help="HNSW search beam width")
@@ -245,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--products", help="products file (instead of --dataset)")
     evaluate.add_argument("--queries", help="queries file with query and relevant_ids (instead of --dataset)")
     evaluate.add_argument("--split", default="test", choices=("test", "validation"))
-    evaluate.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=CONDITIONS)
+    evaluate.add_argument("--conditions", nargs="+", default=list(_CONDITIONS), choices=_CONDITIONS)
     evaluate.add_argument("--max-queries", type=int, default=None, help="evaluate an evenly spaced subset")
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--num-products", type=int, default=1600, help="synthetic shop size")
@@ -262,14 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_push_arguments(push)
     push.set_defaults(run=run_push)
 
-    from .image_towers import EFFICIENTNET_LITE_VARIANTS
-
     convert = command(
         "convert-image-tower",
         "Write the ImageNet EfficientNet-Lite weights of the installed weight packages as an image tower folder "
         "(config.json, model.safetensors, preprocessor_config.json) for --init_from_towers TEXT VISION.",
     )
-    convert.add_argument("--variant", default="lite0", choices=EFFICIENTNET_LITE_VARIANTS,
+    convert.add_argument("--variant", default="lite0", choices=_IMAGE_TOWER_VARIANTS,
                          help="lite0 (224 px), lite1 (240 px) or lite2 (260 px)")
     convert.add_argument("--output", required=True, help="folder to write the tower to")
     convert.set_defaults(run=run_convert_image_tower)
