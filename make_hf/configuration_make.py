@@ -392,3 +392,8 @@ class MakeConfig(PreTrainedConfig):
 MakeConfig.register_for_auto_class()
 
 __all__ = ["MakeConfig", "PRESET_NAMES"]
+
+if __package__ == "make_hf":  # the installed package, not a copy loaded as remote code
+    from .auto_registration import register_auto_classes
+
+    register_auto_classes()

@@ -1121,3 +1121,8 @@ __all__ = [
     "fuse_title_and_image",
     "masked_mean_pool",
 ]
+
+if __package__ == "make_hf":  # the installed package, not a copy loaded as remote code
+    from .auto_registration import register_auto_classes
+
+    register_auto_classes()

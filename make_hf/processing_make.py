@@ -445,3 +445,8 @@ MakeProcessor.register_for_auto_class("AutoProcessor")
 
 
 __all__ = ["MakeProcessor"]
+
+if __package__ == "make_hf":  # the installed package, not a copy loaded as remote code
+    from .auto_registration import register_auto_classes
+
+    register_auto_classes()
