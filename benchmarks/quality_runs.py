@@ -104,6 +104,7 @@ def run_make(spec: dict) -> dict:
         "per_query": _per_query(test["title+image"]),
         "num_test_products": test["num_products"],
         "num_test_queries": test["num_queries"],
+        "mean_image_weight": test.get("mean_image_weight"),
         "image_weight_by_category_group": test.get("image_weight_by_category_group"),
         "train_seconds": test["train_seconds"],
     }
