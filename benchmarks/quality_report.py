@@ -132,6 +132,12 @@ def markdown(reports: dict) -> str:
         incomplete = [row["name"] for row in rows + candidates if row["seeds"] < len(SEEDS) and row["learning_rate"]]
         if incomplete:
             lines += [f"Fewer than {len(SEEDS)} seeds so far: {', '.join(sorted(set(incomplete)))}.", ""]
+        present = {row["name"] for row in report["baselines"] + candidates}
+        expected = [name for name in VARIANTS] + ["fixed mix"]
+        missing = [name for name in expected if name not in present]
+        if missing:
+            lines += ["Not measured yet (learning-rate search unfinished), so the interval above compares MAKE with "
+                      f"the best row measured so far: {', '.join(missing)}.", ""]
     return "\n".join(lines)
 
 
