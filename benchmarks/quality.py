@@ -7,11 +7,14 @@ seed 0 and the one with the best validation Recall@10 is used for every seed. Th
 
     python benchmarks/quality.py run                     # everything missing, in priority order (resumable)
     python benchmarks/quality.py run --datasets emoji-en --variants make-spe clip --max_runs 4
+    python benchmarks/quality.py run --threads 1 &       # on 2 cores: two workers, one thread each
+    python benchmarks/quality.py run --threads 1
     python benchmarks/quality.py status                  # what is done, what is left
     python benchmarks/quality.py report                  # tables, bootstrap intervals, plot, quality.json
 
 `run` writes one file per (dataset, variant, learning rate, seed) under `benchmarks/results/quality/` and skips the
-files that exist, so it can be stopped at any point and started again later, on another machine too. `report`
+files that exist, so it can be stopped at any point and started again later, on another machine too; workers on
+one machine claim each run first, so several can share the plan. `report`
 reads whatever is there and says which rows are incomplete. The from-scratch benchmark is
 `benchmarks/quality_from_scratch.py`.
 """
@@ -145,7 +148,40 @@ def planned_runs(datasets, variants, seeds) -> list[Run]:
             learning_rate = chosen_learning_rate(dataset, v)
             if learning_rate is not None:
                 runs += [Run(dataset, v, learning_rate, seed) for seed in seeds if seed != 0]
-    return [run for run in runs if not os.path.isfile(run.path)]
+    return [run for run in runs if not os.path.isfile(run.path) and not _claimed(run)]
+
+
+def _claim_path(run: Run) -> str:
+    return run.path.replace(".json", ".running")
+
+
+def _claimed(run: Run) -> bool:
+    """Whether a live `run` process (another worker on this machine) is doing this run; stale claims are removed."""
+    try:
+        with open(_claim_path(run), encoding="utf-8") as f:
+            pid = int(f.read().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        os.remove(_claim_path(run))
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def claim(run: Run) -> bool:
+    """Claim `run` for this process (atomically, so two workers never do the same run)."""
+    os.makedirs(os.path.dirname(run.path), exist_ok=True)
+    try:
+        fd = os.open(_claim_path(run), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(str(os.getpid()))
+    return True
 
 
 def run_spec(run: Run, args) -> dict:
@@ -241,7 +277,12 @@ def main(argv=None):
         if not runs:
             print("Every planned run has its result file.")
             break
-        execute(runs[0], args)
+        if not claim(runs[0]):
+            continue
+        try:
+            execute(runs[0], args)
+        finally:
+            os.remove(_claim_path(runs[0]))
         done += 1
 
 
