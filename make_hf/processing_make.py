@@ -37,6 +37,17 @@ logger = logging.get_logger(__name__)
 LEGACY_IMAGE_BACKEND = "pil"
 """The backend of processors saved before the backend was recorded: MakeProcessor has always built PIL ones."""
 
+MAX_TEXT_LENGTH = 8192
+"""The largest `query_max_length` / `title_max_length` accepted. Every call pads to these lengths, so a crafted
+`processor_config.json` with a huge value would allocate gigabytes on the first call; no MAKE text tower has
+anywhere near this many position embeddings."""
+
+MAX_NUM_KEYWORDS = 1024
+"""The largest `num_keywords` accepted: the keyword string is truncated to `query_max_length` tokens anyway."""
+
+# Tokenizers without a known limit report `transformers.tokenization_utils_base.VERY_LARGE_INTEGER` (1e30).
+_UNSET_MODEL_MAX_LENGTH = 10**12
+
 
 TEXT_KEYS = {
     "query": ("query_input_ids", "query_attention_mask"),
@@ -70,11 +81,12 @@ class MakeProcessor(ProcessorMixin):
             The keyword extractor's state (`KeywordExtractor.to_dict()`); None starts an unfitted one. Fit it with
             `fit_keywords`.
         query_max_length (`int`, defaults to 16):
-            Queries and keyword strings are padded/truncated to this many tokens (short, query-like).
+            Queries and keyword strings are padded/truncated to this many tokens (short, query-like). At most the
+            tokenizer's `model_max_length` (when it has one) and `MAX_TEXT_LENGTH`.
         title_max_length (`int`, defaults to 64):
-            Titles are padded/truncated to this many tokens.
+            Titles are padded/truncated to this many tokens; bounded like `query_max_length`.
         num_keywords (`int`, defaults to 8):
-            Keywords extracted per title.
+            Keywords extracted per title; at most `MAX_NUM_KEYWORDS`.
         extract_keywords (`bool`, defaults to True):
             Whether training-style calls (both `query` and `title` given, no `keywords`) extract keywords from
             the titles. Set from `config.keyword_enhancement` by `from_config`; a call's `extract_keywords=`
@@ -129,6 +141,24 @@ class MakeProcessor(ProcessorMixin):
             raise ValueError(
                 "`query_max_length` and `title_max_length` must leave room for [CLS], a token and [SEP] (>= 3)."
             )
+        tokenizer_limit = getattr(tokenizer, "model_max_length", None)
+        if not isinstance(tokenizer_limit, int) or not 0 < tokenizer_limit < _UNSET_MODEL_MAX_LENGTH:
+            tokenizer_limit = None
+        for name, value, bound, constant in (
+            ("query_max_length", query_max_length, MAX_TEXT_LENGTH, "MAX_TEXT_LENGTH"),
+            ("title_max_length", title_max_length, MAX_TEXT_LENGTH, "MAX_TEXT_LENGTH"),
+            ("num_keywords", num_keywords, MAX_NUM_KEYWORDS, "MAX_NUM_KEYWORDS"),
+        ):
+            if value > bound:
+                raise ValueError(
+                    f"`{name}`={value} exceeds the bound {bound} (`make_hf.processing_make.{constant}`); lower the "
+                    "value passed, or the one stored in `processor_config.json`."
+                )
+            if constant == "MAX_TEXT_LENGTH" and tokenizer_limit is not None and value > tokenizer_limit:
+                raise ValueError(
+                    f"`{name}`={value} exceeds the tokenizer's `model_max_length`={tokenizer_limit}; lower the value "
+                    "passed, or the one stored in `processor_config.json`, or use a tokenizer that allows it."
+                )
         self.query_max_length = query_max_length
         self.title_max_length = title_max_length
         self.num_keywords = num_keywords
@@ -444,7 +474,7 @@ class MakeProcessor(ProcessorMixin):
 MakeProcessor.register_for_auto_class("AutoProcessor")
 
 
-__all__ = ["MakeProcessor"]
+__all__ = ["MAX_NUM_KEYWORDS", "MAX_TEXT_LENGTH", "MakeProcessor"]
 
 if __package__ == "make_hf":  # the installed package, not a copy loaded as remote code
     from .auto_registration import register_auto_classes

@@ -1,6 +1,7 @@
 """MakeProcessor: equals its tokenizer and image processor, round-trips (fitted keywords included), feeds MakeModel,
 and rejects bad input with errors that name the argument and the row."""
 
+import copy
 import json
 import os
 import subprocess
@@ -239,6 +240,35 @@ def test_keyword_state_accepts_an_extractor_and_rejects_other_types(processor):
         MakeProcessor(processor.image_processor, processor.tokenizer, keyword_extractor_state="state.json")
     with pytest.raises(ValueError, match="title_max_length"):
         MakeProcessor(processor.image_processor, processor.tokenizer, title_max_length=0)
+
+
+@pytest.mark.parametrize(
+    "argument, value, message",
+    [
+        ("query_max_length", 10**9, r"`query_max_length`=1000000000 exceeds the bound 8192 \(`make_hf"),
+        ("title_max_length", 600, "`title_max_length`=600 exceeds the tokenizer's `model_max_length`=512"),
+        ("num_keywords", 10**6, "`num_keywords`=1000000 exceeds the bound 1024"),
+    ],
+)
+def test_absurd_lengths_are_refused_before_anything_is_allocated(processor, tmp_path, argument, value, message):
+    assert processor.tokenizer.model_max_length == 512
+    with pytest.raises(ValueError, match=message):
+        MakeProcessor(processor.image_processor, processor.tokenizer, **{argument: value})
+    processor.save_pretrained(tmp_path)
+    config_path = tmp_path / "processor_config.json"
+    crafted = json.loads(config_path.read_text())
+    crafted[argument] = value
+    config_path.write_text(json.dumps(crafted))
+    with pytest.raises(ValueError, match=message):
+        MakeProcessor.from_pretrained(tmp_path)
+
+
+def test_the_text_length_ceiling_holds_for_a_tokenizer_without_a_limit(processor):
+    unlimited = copy.deepcopy(processor.tokenizer)
+    unlimited.model_max_length = int(1e30)  # what transformers sets when a tokenizer has no known limit
+    assert MakeProcessor(processor.image_processor, unlimited, query_max_length=4096).query_max_length == 4096
+    with pytest.raises(ValueError, match="`query_max_length`=8193 exceeds the bound 8192"):
+        MakeProcessor(processor.image_processor, unlimited, query_max_length=8193)
 
 
 @pytest.mark.parametrize(
