@@ -232,6 +232,20 @@ def encode_products(
     )
 
 
+def _unreadable_image(images: list) -> tuple[int, Exception] | None:
+    """`(position, error)` of the first image in `images` that cannot be loaded, or None if all load."""
+    from .image_utils import load_image
+
+    for position, image in enumerate(images):
+        if image is None:
+            continue
+        try:
+            load_image(image, "image")
+        except (ValueError, OSError) as error:
+            return position, error
+    return None
+
+
 def encode_product_rows(
     model: torch.nn.Module,
     processor: Any,
@@ -281,11 +295,20 @@ def encode_product_rows(
                     f"{where(start + offset)} has neither a title nor an image; drop it or give it one."
                 )
             has_title[start:end], has_image[start:end] = batch_title, batch_image
-            inputs = processor(
-                title=titles if batch_title.any() else None,
-                images=images if batch_image.any() and image_features is None else None,
-                return_tensors="pt",
-            )
+            try:
+                inputs = processor(
+                    title=titles if batch_title.any() else None,
+                    images=images if batch_image.any() and image_features is None else None,
+                    return_tensors="pt",
+                )
+            except (ValueError, OSError) as error:
+                # The processor names the image by its place in the batch; name the catalogue row instead.
+                row = _unreadable_image(images if image_features is None else [])
+                if row is None:
+                    raise
+                position, reason = row
+                message = f"{where(start + position)}: its image cannot be read; fix or drop it. {reason}"
+                raise ValueError(message) from error
             if image_features is not None and batch_image.any():
                 image_features.fill(images)
                 inputs["image_features"], inputs["image_mask"] = image_features.lookup(images)

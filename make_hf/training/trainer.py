@@ -23,7 +23,7 @@ from ..data import MakeCollator, SkippedRows
 from ..evaluation import evaluate_retrieval, format_results
 from ..modeling_make import MakeOutput
 from .arguments import PretrainArguments
-from ..atomic import staged_directory, write_json, write_text
+from ..atomic import atomic_path, staged_directory, write_json, write_text
 from .checkpoints import prune_checkpoints, resolve_resume_path
 from .optimization import create_optimizer
 from .plots import plot_losses, plot_recall
@@ -179,12 +179,14 @@ def pretrain(args: PretrainArguments) -> dict:
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         unwrapped.eval()
+        # Saved before the evaluation, which reads the test images for the first time and can fail on one of them.
+        _save_model(unwrapped, processor, data, args)
         results = _final_evaluation(unwrapped, processor, data, args, image_features)
         results["train_seconds"] = round(train_seconds, 1)
         results["steps"] = completed_steps
         results["skipped_rows"] = skipped.summary()
         skipped.log()
-        _write_outputs(unwrapped, processor, data, args, results, history, evaluations)
+        _write_outputs(unwrapped, data, args, results, history, evaluations)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return results
@@ -284,26 +286,36 @@ def _save_checkpoint(accelerator, processor, checkpoint_dir, step, history, eval
 
 
 def _final_evaluation(model, processor, data, args, image_features=None) -> dict:
-    """The test split under the three conditions, with buckets, category groups and modal weights."""
-    return evaluate_retrieval(
-        model,
-        processor,
-        data.test_products,
-        data.test_queries,
-        conditions=("title+image", "title", "image"),
-        batch_size=args.eval_batch_size,
-        show_progress=True,
-        image_features=image_features,
-        return_per_query=args.per_query_results,
-    )
+    """The test split under the three conditions, with buckets, category groups and modal weights.
+
+    A failure (typically an unreadable test image, which nothing reads before this point) is re-raised saying that
+    the trained model is saved and how to evaluate it once the catalogue is fixed.
+    """
+    try:
+        return evaluate_retrieval(
+            model,
+            processor,
+            data.test_products,
+            data.test_queries,
+            conditions=("title+image", "title", "image"),
+            batch_size=args.eval_batch_size,
+            show_progress=True,
+            image_features=image_features,
+            return_per_query=args.per_query_results,
+        )
+    except Exception as error:
+        raise RuntimeError(
+            f"The final evaluation on the test split of {data.name!r} failed: {error} The trained model, processor "
+            f"and model card (without results) are saved in {args.output_dir!r}; fix or drop that test row, then "
+            f"evaluate the saved model with `python examples/evaluate_retrieval.py --model {args.output_dir}`."
+        ) from error
 
 
-def _write_outputs(model, processor, data, args, results, history, evaluations) -> None:
-    """Model, processor, card, evaluation table and plots, each written atomically into `output_dir`."""
+def _model_card(model, data, args, results):
     from ..modelcard import generate_model_card
 
     preset = None if args.model.endswith(".json") or os.path.isdir(args.model) else args.model
-    card = generate_model_card(
+    return generate_model_card(
         model.config,
         results,
         model_id=args.hub_model_id,
@@ -312,10 +324,22 @@ def _write_outputs(model, processor, data, args, results, history, evaluations) 
         training_args=_tracker_config(args),
         num_parameters=model.num_parameters(),
     )
+
+
+def _save_model(model, processor, data, args) -> None:
+    """Model, processor and a card without results, written together into `output_dir` (staged, then moved)."""
+    card = _model_card(model, data, args, None)
     with staged_directory(args.output_dir) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
         card.save(os.path.join(staging, "README.md"))
+
+
+def _write_outputs(model, data, args, results, history, evaluations) -> None:
+    """The card with the results, evaluation table and plots, each written atomically into `output_dir`."""
+    card = _model_card(model, data, args, results)
+    with atomic_path(os.path.join(args.output_dir, "README.md")) as tmp:
+        card.save(tmp)
     write_json(os.path.join(args.output_dir, "eval_results.json"), results)
     table = f"## {args.model} on {data.name} (test split)\n\n" + format_results(results)
     write_text(os.path.join(args.output_dir, "eval_results.md"), table + "\n")
