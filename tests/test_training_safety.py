@@ -52,3 +52,19 @@ def test_a_failing_final_evaluation_keeps_the_trained_model(tmp_path, monkeypatc
     assert processor.keyword_extractor.is_fitted and model.num_parameters() > 0
     assert os.path.getsize(os.path.join(out, "README.md")) > 0
     assert not os.path.exists(os.path.join(out, "eval_results.json"))
+
+
+def test_resuming_a_finished_run_trains_no_step(tmp_path, caplog):
+    out = str(tmp_path / "run")
+    settings = dict(TINY, max_train_steps=4)
+    pretrain(PretrainArguments(output_dir=out, checkpointing_steps=2, **settings))
+    finished = load_file(os.path.join(out, "model.safetensors"))
+
+    with caplog.at_level("INFO"):
+        results = pretrain(PretrainArguments(output_dir=out, resume_from_checkpoint="latest", **settings))
+
+    assert results["steps"] == 4
+    assert "no step is trained" in caplog.text
+    resumed = load_file(os.path.join(out, "model.safetensors"))
+    for name in finished:
+        assert (finished[name] == resumed[name]).all(), f"{name} changed when resuming a finished run"

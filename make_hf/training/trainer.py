@@ -105,6 +105,17 @@ def pretrain(args: PretrainArguments) -> dict:
             state = json.load(f)
         completed_steps, history, evaluations = state["step"], state["history"], state["evaluations"]
         logger.info(f"Resumed from {resume_path} at step {completed_steps}.", main_process_only=True)
+        if completed_steps > max_train_steps:
+            raise ValueError(
+                f"--resume_from_checkpoint {resume_path!r} is at step {completed_steps}, past --max_train_steps "
+                f"{max_train_steps}. Raise --max_train_steps, or resume from an earlier checkpoint."
+            )
+        if completed_steps == max_train_steps:
+            logger.info(
+                f"The checkpoint is at --max_train_steps {max_train_steps}: training is complete, so no step is "
+                "trained; the model is saved and evaluated as it is.",
+                main_process_only=True,
+            )
 
     starting_epoch, steps_into_epoch = divmod(completed_steps, steps_per_epoch)
     skip_batches = steps_into_epoch * args.gradient_accumulation_steps
@@ -119,7 +130,8 @@ def pretrain(args: PretrainArguments) -> dict:
     )
     started = time.perf_counter()
     model.train()
-    for epoch in range(starting_epoch, num_epochs):
+    # A run resumed at its last step trains nothing (the loop below would take one step before its first check).
+    for epoch in range(starting_epoch, num_epochs if completed_steps < max_train_steps else 0):
         train_dataloader.set_epoch(epoch)
         batches = train_dataloader
         if epoch == starting_epoch and skip_batches:
