@@ -68,3 +68,8 @@ def test_resuming_a_finished_run_trains_no_step(tmp_path, caplog):
     resumed = load_file(os.path.join(out, "model.safetensors"))
     for name in finished:
         assert (finished[name] == resumed[name]).all(), f"{name} changed when resuming a finished run"
+
+
+def test_a_batch_of_one_row_is_refused():
+    with pytest.raises(ValueError, match="--per_device_train_batch_size 1 .*in-batch negatives"):
+        PretrainArguments(**dict(TINY, per_device_train_batch_size=1))

@@ -74,7 +74,10 @@ class PretrainArguments:
     # Optimisation
     output_dir: str = field(default="outputs/make-small-synthetic", metadata={"help": "Where everything is written."})
     seed: int = field(default=42, metadata={"help": "Seed for initialisation, data order and dropout."})
-    per_device_train_batch_size: int = field(default=64, metadata={"help": "Rows per process per micro-batch."})
+    per_device_train_batch_size: int = field(
+        default=64,
+        metadata={"help": "Rows per process per micro-batch; at least 2, the other rows being each row's negatives."},
+    )
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimiser step."})
     learning_rate: float = field(default=5e-4, metadata={"help": "Peak AdamW learning rate."})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (matrices only)."})
@@ -112,6 +115,14 @@ class PretrainArguments:
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
+        if self.per_device_train_batch_size == 1:
+            # The contrastive losses score each row against the other rows of its batch: with one row the loss is
+            # exactly zero and nothing is learnt.
+            raise ValueError(
+                "--per_device_train_batch_size 1 leaves contrastive learning without in-batch negatives (the loss "
+                "is exactly zero). Use 2 or more (the default is 64); to fit memory, lower --eval_batch_size or use "
+                "--activation_checkpointing instead."
+            )
         for name in ("max_train_steps", "checkpointing_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1 (or left unset), got {getattr(self, name)}.")
