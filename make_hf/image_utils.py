@@ -4,7 +4,9 @@ Product images arrive as whatever the data source holds: PIL images, numpy array
 raw bytes, file objects, or `datasets` image dicts (`{"bytes": ..., "path": ...}`). Sellers upload PNG cut-outs
 with transparency, palette GIFs, CMYK JPEGs from print workflows, 16-bit scans and grayscale photos. Dropping
 the alpha channel would turn a transparent cut-out's background black (or whatever colour its invisible pixels
-happen to hold), so transparency is composited on white, the background of a product page.
+happen to hold), so transparency is composited on white, the background of a product page. Images above
+`MAX_IMAGE_PIXELS` are refused (a file is checked from its header, before decoding) so that a decompression bomb
+fails its own row instead of exhausting memory.
 
 Only the standard library, numpy, PIL and torch are imported: this file is copied next to a saved processor and
 loaded as remote code.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any, Union
 
@@ -27,6 +30,11 @@ ImageInput = Union[PIL.Image.Image, np.ndarray, torch.Tensor, str, os.PathLike, 
 
 WHITE = (255, 255, 255)
 
+MAX_IMAGE_PIXELS = 89_478_485
+"""The most pixels (width x height) an image may have; larger ones are refused. It is PIL's default
+`MAX_IMAGE_PIXELS` (the size at which PIL warns of a decompression bomb: a tiny file that decodes to gigabytes),
+far above any product photo. Encoded images are checked from their header, before their pixels are decoded."""
+
 
 class InvalidInputTypeError(TypeError, ValueError):
     """An argument of the wrong type. Both a `TypeError` (what it is) and a `ValueError` (what callers that
@@ -35,6 +43,19 @@ class InvalidInputTypeError(TypeError, ValueError):
 
 def _where(argument: str, index: int | None) -> str:
     return f"`{argument}`" if index is None else f"`{argument}[{index}]`"
+
+
+class _PixelLimitError(ValueError):
+    """An image above `MAX_IMAGE_PIXELS`; kept apart from the `ValueError`s PIL raises for corrupt data."""
+
+
+def _check_pixel_count(width: int, height: int, where: str) -> None:
+    if width * height > MAX_IMAGE_PIXELS:
+        raise _PixelLimitError(
+            f"{where}: the image is {width} x {height} = {width * height:,} pixels, more than the limit of "
+            f"{MAX_IMAGE_PIXELS:,} (`make_hf.image_utils.MAX_IMAGE_PIXELS`); it may be a decompression bomb. "
+            "Downscale it, or drop the row."
+        )
 
 
 def _composite_on_white(image: PIL.Image.Image) -> PIL.Image.Image:
@@ -97,6 +118,7 @@ def _array_to_pil(array: np.ndarray, channels_first: bool, argument: str, index:
         )
     if array.size == 0:
         raise ValueError(f"{where}: the image array is empty (shape {tuple(array.shape)}).")
+    _check_pixel_count(array.shape[1], array.shape[0], where)
 
     if array.dtype == np.bool_:
         array = array.astype(np.uint8) * 255
@@ -120,10 +142,28 @@ def _array_to_pil(array: np.ndarray, channels_first: bool, argument: str, index:
 def _open(source: Any, description: str, argument: str, index: int | None) -> PIL.Image.Image:
     where = _where(argument, index)
     try:
-        image = PIL.Image.open(source)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", PIL.Image.DecompressionBombWarning)
+            image = PIL.Image.open(source)  # reads the header only
+        bombs = [w for w in caught if issubclass(w.category, PIL.Image.DecompressionBombWarning)]
+        for other in caught:
+            if other not in bombs:
+                warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
+        try:
+            _check_pixel_count(*image.size, where)
+            if bombs:  # PIL's own limit was lowered below ours
+                raise PIL.Image.DecompressionBombError(str(bombs[0].message))
+        except (_PixelLimitError, PIL.Image.DecompressionBombError):
+            image.close()
+            raise
         image.load()
-    except FileNotFoundError:
+    except (FileNotFoundError, _PixelLimitError):
         raise
+    except PIL.Image.DecompressionBombError as error:
+        raise ValueError(
+            f"{where}: PIL refuses {description} as a possible decompression bomb ({error}) Downscale it, or drop "
+            "the row."
+        ) from error
     except (PIL.UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ValueError(
             f"{where}: cannot read {description} as an image ({error}). Check that it is a complete image file "
@@ -145,11 +185,13 @@ def load_image(image: ImageInput, argument: str = "images", index: int | None = 
 
     Raises:
         FileNotFoundError: a path that does not exist.
-        ValueError: unreadable or corrupt image data, or an array of an impossible shape.
+        ValueError: unreadable or corrupt image data, an array of an impossible shape, or an image of more than
+            `MAX_IMAGE_PIXELS` pixels (an encoded one is refused from its header, before it is decoded).
         InvalidInputTypeError: an input of an unsupported type (a `TypeError` and a `ValueError`).
     """
     where = _where(argument, index)
     if isinstance(image, PIL.Image.Image):
+        _check_pixel_count(*image.size, where)
         return to_rgb(image)
     if isinstance(image, torch.Tensor):
         array = image.detach().cpu()
@@ -211,4 +253,6 @@ def load_images(images: Any, argument: str = "images") -> list[PIL.Image.Image |
     return [None if image is None else load_image(image, argument, i) for i, image in enumerate(batch)]
 
 
-__all__ = ["ImageInput", "InvalidInputTypeError", "is_single_image", "load_image", "load_images", "to_rgb"]
+__all__ = [
+    "MAX_IMAGE_PIXELS", "ImageInput", "InvalidInputTypeError", "is_single_image", "load_image", "load_images", "to_rgb"
+]

@@ -3,6 +3,8 @@ their reasons (SkippedRows)."""
 
 import json
 import logging
+import struct
+import zlib
 
 import datasets
 import pandas as pd
@@ -236,3 +238,18 @@ def test_gather_merges_the_reports_of_all_processes(monkeypatch):
 
     merged = local.gather(TwoProcesses())
     assert [(r.index, r.reason) for r in merged] == [(1, "missing_image"), (5, "empty_query")]
+
+
+def test_a_decompression_bomb_is_skipped_as_a_corrupt_image(shop_dir):
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    # The header of a 10000 x 10000 grayscale PNG: 100 M pixels declared in a few bytes.
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 10000, 10000, 8, 0, 0, 0, 0))
+    (shop_dir / "images" / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IEND", b""))
+    rows = [ROWS[0], {**ROWS[0], "image": "images/bomb.png", "product_id": "bomb"}]
+    skipped = SkippedRows()
+    loaded = load_triples(_jsonl(shop_dir, rows), skipped=skipped)
+    assert loaded["product_id"] == ["p0"]
+    assert [(r.index, r.reason) for r in skipped] == [(1, "corrupt_image")]
+    assert "10000 x 10000 = 100,000,000 pixels" in skipped.rows[0].detail

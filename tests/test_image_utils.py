@@ -171,3 +171,69 @@ def test_wrong_types_and_shapes_raise_clear_errors():
         load_image("https://example.com/shoe.jpg")
     with pytest.raises(ValueError, match="neither"):
         load_image({"bytes": None, "path": None})
+
+
+def _png_header_only(width, height):
+    """A tiny PNG that declares `width` x `height` pixels: what a decompression bomb looks like from its header."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
+        chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    "width, height, pil_limit, message",
+    [
+        (10000, 10000, "default", r"the image is 10000 x 10000 = 100,000,000 pixels, more than the limit of 89,478,"),
+        (15000, 15000, "default", r"PIL refuses .* \(Image size \(225000000 pixels\) exceeds limit"),
+        (15000, 15000, None, r"the image is 15000 x 15000 = 225,000,000 pixels, more than the limit of 89,478,"),
+    ],
+)
+def test_images_above_the_pixel_limit_are_refused_from_their_header(
+    tmp_path, monkeypatch, width, height, pil_limit, message
+):
+    if pil_limit is None:  # PIL's own check switched off: ours still holds
+        monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", None)
+
+    def no_decoding(self):
+        raise AssertionError("the pixels were decoded")
+
+    monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", no_decoding)
+    bomb = _png_header_only(width, height)
+    assert len(bomb) < 100
+    (tmp_path / "bomb.png").write_bytes(bomb)
+    for source in (bomb, str(tmp_path / "bomb.png"), {"bytes": bomb, "path": None}, io.BytesIO(bomb)):
+        with pytest.raises(ValueError, match=r"`image\[2\]`: " + message):
+            load_image(source, "image", 2)
+
+
+def test_the_pixel_limit_covers_decoded_images_and_arrays(monkeypatch):
+    import make_hf.image_utils as image_utils
+
+    monkeypatch.setattr(image_utils, "MAX_IMAGE_PIXELS", 6 * 4 - 1)
+    for image in (solid(), np.zeros((4, 6, 3), np.uint8), torch.zeros(3, 4, 6)):
+        with pytest.raises(ValueError, match="6 x 4 = 24 pixels, more than the limit of 23"):
+            load_image(image)
+    with pytest.raises(ValueError, match=r"`images\[1\]`: the image is 6 x 4"):
+        load_images([None, solid()])
+    monkeypatch.setattr(image_utils, "MAX_IMAGE_PIXELS", 6 * 4)
+    assert load_image(solid()).size == (6, 4)
+
+
+def test_a_decompression_bomb_error_from_pil_is_a_value_error(monkeypatch):
+    import make_hf.image_utils as image_utils
+
+    monkeypatch.setattr(image_utils, "MAX_IMAGE_PIXELS", 10**12)  # leave the refusal to PIL
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(ValueError, match="decompression bomb"):
+        load_image(_png_header_only(300, 300))  # more than twice PIL's limit: DecompressionBombError
+    with pytest.raises(ValueError, match="decompression bomb"):
+        load_image(_png_header_only(12, 12))  # above PIL's limit: DecompressionBombWarning
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 200)
+    with pytest.raises(ValueError, match="cannot read"):  # within both limits: decoded, and found truncated
+        load_image(_png_header_only(12, 12))
