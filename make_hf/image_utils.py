@@ -125,7 +125,14 @@ def _array_to_pil(array: np.ndarray, channels_first: bool, argument: str, index:
     elif array.dtype == np.uint16:
         array = _rescale_to_uint8(array, 65535.0)
     elif np.issubdtype(array.dtype, np.floating):
-        array = np.nan_to_num(array.astype(np.float64))
+        finite = np.isfinite(array)
+        if not finite.all():
+            # Zeroing them would hide a broken upstream step; passing them on makes the loss NaN.
+            raise ValueError(
+                f"{where}: the float image has {int(array.size - finite.sum())} NaN or infinite value(s) of "
+                f"{array.size}; fix the step that produced it, or drop the row."
+            )
+        array = array.astype(np.float64)
         high = 1.0 if array.max(initial=0) <= 1.0 else 255.0
         array = _rescale_to_uint8(np.clip(array, 0, high), high)
     elif np.issubdtype(array.dtype, np.integer) and array.dtype != np.uint8:
@@ -180,13 +187,14 @@ def load_image(image: ImageInput, argument: str = "images", index: int | None = 
         image: a `PIL.Image`; a numpy array (H, W), (H, W, C) or (C, H, W); a torch tensor (C, H, W) or (H, W, C);
             a file path (`str` / `os.PathLike`); encoded bytes; a binary file object; or a `datasets` image dict
             with `"bytes"` and/or `"path"`. Float arrays are read as [0, 1] when their maximum is <= 1, else
-            [0, 255]; uint16 as 16-bit.
+            [0, 255] (NaN or infinite values are refused); uint16 as 16-bit.
         argument, index: where the image came from, for error messages (`images[3]: ...`).
 
     Raises:
         FileNotFoundError: a path that does not exist.
-        ValueError: unreadable or corrupt image data, an array of an impossible shape, or an image of more than
-            `MAX_IMAGE_PIXELS` pixels (an encoded one is refused from its header, before it is decoded).
+        ValueError: unreadable or corrupt image data, an array of an impossible shape or with NaN or infinite
+            values, or an image of more than `MAX_IMAGE_PIXELS` pixels (an encoded one is refused from its header,
+            before it is decoded).
         InvalidInputTypeError: an input of an unsupported type (a `TypeError` and a `ValueError`).
     """
     where = _where(argument, index)

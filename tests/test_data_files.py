@@ -7,6 +7,7 @@ import struct
 import zlib
 
 import datasets
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -253,3 +254,11 @@ def test_a_decompression_bomb_is_skipped_as_a_corrupt_image(shop_dir):
     assert loaded["product_id"] == ["p0"]
     assert [(r.index, r.reason) for r in skipped] == [(1, "corrupt_image")]
     assert "10000 x 10000 = 100,000,000 pixels" in skipped.rows[0].detail
+
+
+def test_a_float_image_with_nan_is_a_corrupt_image_row():
+    image = np.full((4, 6, 3), 0.5, np.float32)
+    assert files_module.check_row("red tee", "zerel tshirt", image, "p0") is None
+    image[1, 2, 0] = np.nan
+    reason, detail = files_module.check_row("red tee", "zerel tshirt", image, "p0")
+    assert reason == "corrupt_image" and "1 NaN or infinite value(s)" in detail

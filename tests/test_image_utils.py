@@ -237,3 +237,17 @@ def test_a_decompression_bomb_error_from_pil_is_a_value_error(monkeypatch):
     monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 200)
     with pytest.raises(ValueError, match="cannot read"):  # within both limits: decoded, and found truncated
         load_image(_png_header_only(12, 12))
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.full((4, 6, 3), np.nan, np.float32),
+        np.where(np.eye(4, 6, dtype=bool)[..., None], np.inf, 0.5).repeat(3, axis=-1),
+        torch.tensor([[[0.5, -float("inf")]] * 2] * 3, dtype=torch.float16),
+        torch.tensor([[[0.5, float("nan")]] * 2] * 3, dtype=torch.bfloat16),
+    ],
+)
+def test_float_images_with_nan_or_inf_are_refused(image):
+    with pytest.raises(ValueError, match=r"`images\[3\]`: the float image has \d+ NaN or infinite value\(s\)"):
+        load_image(image, "images", 3)
