@@ -262,3 +262,37 @@ def test_a_float_image_with_nan_is_a_corrupt_image_row():
     image[1, 2, 0] = np.nan
     reason, detail = files_module.check_row("red tee", "zerel tshirt", image, "p0")
     assert reason == "corrupt_image" and "1 NaN or infinite value(s)" in detail
+
+
+def test_one_wrong_typed_cell_leaves_the_other_rows_of_its_column_intact(tmp_path):
+    rows = [{"query": f"blue sneakers {i}", "title": f"zerel sneaker {i}", "product_id": f"p{i}", "note": "x"}
+            for i in range(180)]
+    rows[7]["query"] = 123
+    rows[9]["title"] = ["a", "list"]
+    rows[11]["product_id"] = 11  # an integer id is read as its decimal string
+    rows[13]["product_id"] = 1.5
+    rows[15]["note"] = 5  # another column mixing types is kept, as JSON strings
+    skipped = SkippedRows()
+    loaded = load_triples(_jsonl(tmp_path, rows), skipped=skipped)
+    assert loaded.num_rows == 177
+    kept = [row for i, row in enumerate(rows) if i not in (7, 9, 13)]
+    assert loaded["query"] == [row["query"] for row in kept]
+    assert loaded["title"] == [row["title"] for row in kept]
+    assert loaded["product_id"] == [str(row["product_id"]) for row in kept] and "11" in loaded["product_id"]
+    assert loaded.features["product_id"] == datasets.Value("string")
+    assert [(r.index, r.reason) for r in skipped] == [(7, "wrong_type"), (9, "wrong_type"), (13, "wrong_type")]
+    assert "the query ('query') is int 123, not a string" in skipped.rows[0].detail
+    assert loaded["source_row"][:8] == [0, 1, 2, 3, 4, 5, 6, 8]
+
+
+def test_json_array_and_columns_and_csv_keep_values_as_written(tmp_path):
+    rows = [{"query": "red tee", "title": "zerel tshirt", "product_id": 7},
+            {"query": "blue tee", "title": "zerel tshirt", "product_id": "007"}]
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    assert load_triples(tmp_path / "rows.json")["product_id"] == ["7", "007"]
+    (tmp_path / "columns.json").write_text(json.dumps({key: [row[key] for row in rows] for key in rows[0]}))
+    assert load_triples(tmp_path / "columns.json")["product_id"] == ["7", "007"]
+    # pandas would guess integers here and drop the leading zeros.
+    (tmp_path / "rows.csv").write_text("query,title,product_id\n123,zerel tshirt,007\nred tee,zerel tshirt,7\n")
+    loaded = load_triples(tmp_path / "rows.csv")
+    assert loaded["query"] == ["123", "red tee"] and loaded["product_id"] == ["007", "7"]

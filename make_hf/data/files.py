@@ -10,6 +10,10 @@ A JSONL file, one triple per line (`image` may also be omitted or null for a pro
     {"query": "usb c charger", "title": "65w gan fast charger usb c", "image": "img/2.jpg", "product_id": "2"}
     {"query": "phone charger", "title": "65w gan fast charger usb c", "image": "img/2.jpg", "product_id": "2"}
 
+JSONL, JSON, CSV and TSV files are read row by row with the standard library, so each row keeps its own values:
+a query, title or image that is not a string skips that row (`wrong_type`) instead of re-typing its whole column,
+an integer product id becomes its decimal string, and CSV values are never guessed into numbers.
+
 Validation happens here, once, before training: every row's query, product id and image are checked (images are
 decoded with `make_hf.image_utils.load_image`). Rows with an empty query, a missing or corrupt image, neither
 title nor image, or no product id are dropped and recorded in a `SkippedRows` report, so that a bad row never
@@ -20,7 +24,10 @@ reports name the original row.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -28,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import pyarrow as pa
 
 from ..image_utils import load_image
 from .skipped import SkippedRows
@@ -36,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 SOURCE_ROW_COLUMN = "source_row"
 _FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
+_TEXT_FILES = (".jsonl", ".json", ".csv", ".tsv")
+_ORIGINAL_ROW = "_original_row"  # the row's position in a text file, carried past the rows dropped while reading
 
 
 def derive_product_id(title: str | None, image: Any) -> str:
@@ -103,7 +113,109 @@ def _resolve_column(dataset: datasets.Dataset, column: str | None, root: Path | 
     return dataset.map(lambda row: {column: _resolve(row[column], root)})
 
 
-def _read(source: str | os.PathLike, split: str | None) -> tuple[datasets.Dataset | datasets.DatasetDict, Path | None]:
+def _json_records(text: str, path: Path) -> list[Any]:
+    """The values of a JSON file: an array of objects, an object of columns, or JSON lines."""
+    if text.lstrip().startswith("["):
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{path}: not valid JSON at line {error.lineno}, column {error.colno} ({error.msg}). Fix the file, "
+                "or write one JSON object per line (JSONL), where a broken line only skips that row."
+            ) from None
+        return values
+    if text.lstrip().startswith("{") and path.suffix.lower() == ".json":
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = None  # JSON lines in a .json file
+        if isinstance(value, dict):
+            lengths = {len(column) if isinstance(column, list) else -1 for column in value.values()}
+            if len(lengths) != 1 or -1 in lengths:
+                raise ValueError(
+                    f"{path}: a JSON object must map each column name to a list of values of one length. Write an "
+                    "array of row objects, or one JSON object per line (JSONL)."
+                )
+            return [dict(zip(value, row)) for row in zip(*value.values())]
+    values = []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _csv_records(text: str, path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and rows of a CSV/TSV file, every value a string as written (no type guessing: an id `007`
+    stays `007`); an empty cell is None."""
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    rows = [row for row in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True) if row]
+    if not rows:
+        return [], []
+    header, records = rows[0], []
+    for row in rows[1:]:
+        records.append({column: value if value != "" else None for column, value in zip(header, row)})
+    return header, records
+
+
+def _type_problem(record: dict[str, Any], columns: dict[str, str | None]) -> str | None:
+    """Why a row's query, title, image or product id has the wrong type to be used as it is, or None."""
+    for role in ("query", "title", "image"):
+        column = columns[role]
+        value = record.get(column) if column is not None else None
+        if value is not None and not isinstance(value, str):
+            kind = "a path string or null" if role == "image" else "a string"
+            return f"the {role} ({column!r}) is {type(value).__name__} {json.dumps(value)[:60]}, not {kind}"
+    column = columns["product_id"]
+    value = record.get(column) if column is not None else None
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
+        return (f"the product id ({column!r}) is {type(value).__name__} {json.dumps(value)[:60]}, not a string or "
+                "an integer")
+    return None
+
+
+def _read_text_file(path: Path, name: str, columns: dict[str, str | None], skipped: SkippedRows) -> datasets.Dataset:
+    """Read a JSONL / JSON / CSV / TSV file with the standard library, row by row.
+
+    `datasets` infers one Arrow type per column, so a single number among string queries would turn the whole
+    column into JSON-encoded strings (`'"blue sneakers"'`). Here every row keeps its own values: a row whose
+    query, title or image is not a string is skipped (`wrong_type`), an integer product id becomes its decimal
+    string, and the query, title, image and product id columns are always strings.
+    """
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() in (".csv", ".tsv"):
+        header, values = _csv_records(text, path)
+    else:
+        header, values = [], _json_records(text, path)
+    records, positions = [], []
+    for index, record in enumerate(values):
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}: row {index} is {type(record).__name__}, not an object of column values.")
+        problem = _type_problem(record, columns)
+        if problem is not None:
+            skipped.add(index, "wrong_type", problem, source=name)
+            continue
+        product_id = record.get(columns["product_id"]) if columns["product_id"] is not None else None
+        if isinstance(product_id, int):
+            record[columns["product_id"]] = str(product_id)
+        records.append(record)
+        positions.append(index)
+    names = list(dict.fromkeys([*header, *(key for record in records for key in record)]))
+    text_columns = {column for column in columns.values() if column is not None}
+    arrays = {}
+    for column in names:
+        cells = [record.get(column) for record in records]
+        if column in text_columns:
+            arrays[column] = pa.array(cells, type=pa.string())
+            continue
+        try:
+            arrays[column] = pa.array(cells)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
+            logger.warning("%s: column %r mixes value types; it is kept as JSON-encoded strings.", name, column)
+            arrays[column] = pa.array([None if cell is None else json.dumps(cell) for cell in cells], pa.string())
+    arrays[_ORIGINAL_ROW] = pa.array(positions, type=pa.int64())
+    return datasets.Dataset(datasets.table.InMemoryTable(pa.table(arrays)))
+
+
+def _read(
+    source: str | os.PathLike, split: str | None, name: str, columns: dict[str, str | None], skipped: SkippedRows
+) -> tuple[datasets.Dataset | datasets.DatasetDict, Path | None]:
     """The raw dataset behind `source` and the folder that relative image paths start from."""
     path = Path(source).expanduser()
     if path.is_file():
@@ -113,8 +225,9 @@ def _read(source: str | os.PathLike, split: str | None) -> tuple[datasets.Datase
                 f"{path}: unsupported file type {path.suffix!r}. Use JSONL, JSON, CSV, TSV or Parquet "
                 f"({', '.join(sorted(_FILE_BUILDERS))}), a folder saved with `save_to_disk`, or a Hub dataset name."
             )
-        kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
-        data = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+        if path.suffix.lower() in _TEXT_FILES:
+            return _read_text_file(path, name, columns, skipped), path.parent.resolve()
+        data = datasets.load_dataset(builder, data_files=str(path), split="train")
         return data, path.parent.resolve()
     if path.is_dir():
         if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
@@ -192,7 +305,8 @@ def _standardise(
                        if validate else None)
             reasons.append(problem[0] if problem else None)
             details.append(problem[1] if problem else None)
-        out = {"product_id": product_ids, SOURCE_ROW_COLUMN: list(indices), "_skip_reason": reasons,
+        positions = batch[_ORIGINAL_ROW] if _ORIGINAL_ROW in batch else list(indices)
+        out = {"product_id": product_ids, SOURCE_ROW_COLUMN: positions, "_skip_reason": reasons,
                "_skip_detail": details}
         if has_image and not image_is_feature:
             out["image"] = images
@@ -215,7 +329,8 @@ def _standardise(
             skipped.add(i, reasons[i], details[i], source=name)
         keep = [i for i, reason in enumerate(reasons) if reason is None]
         data = data.select(keep).flatten_indices()
-    return data.remove_columns(["_skip_reason", "_skip_detail"])
+    return data.remove_columns([column for column in ("_skip_reason", "_skip_detail", _ORIGINAL_ROW)
+                                if column in data.column_names])
 
 
 def load_triples(
@@ -242,7 +357,9 @@ def load_triples(
             title or image column) is checked; the other splits (e.g. evaluation products/queries) are untouched.
         query_column, title_column, image_column, product_id_column: the source's column names; they are renamed
             to `query`, `title`, `image`, `product_id`. Without a product id column, ids are derived from title
-            and image (`derive_product_id`). Title or image may be absent, not both.
+            and image (`derive_product_id`). Title or image may be absent, not both. In a JSON / JSONL file a row
+            whose query, title or image is not a string (null aside) is skipped as `wrong_type`; an integer
+            product id is read as its decimal string, any other non-string id skips the row.
         image_root: folder that relative image paths start from; default: the data file's folder (or the saved
             dataset's folder).
         validate: check every row (and decode every image) now. With False, bad rows are still dropped by
@@ -258,11 +375,12 @@ def load_triples(
         bytes or `datasets` image dicts, decoded later by the processor.
     """
     columns = {"query": query_column, "title": title_column, "image": image_column, "product_id": product_id_column}
+    report = SkippedRows()
     if isinstance(source, (datasets.Dataset, datasets.DatasetDict)):
         data, root, name = source, Path(image_root) if image_root is not None else None, "dataset"
     else:
-        data, root = _read(source, split)
         name = os.path.basename(os.path.normpath(str(source))) or str(source)
+        data, root = _read(source, split, name, columns, report)
         if image_root is not None:
             root = Path(image_root).expanduser().resolve()
     if isinstance(data, datasets.DatasetDict) and split is not None:
@@ -270,7 +388,6 @@ def load_triples(
             raise ValueError(f"{name}: no split {split!r}; available: {list(data)}.")
         data = data[split]
         name = f"{name}[{split}]"
-    report = SkippedRows()
     options = dict(validate=validate, require_image=require_image, skipped=report, num_proc=num_proc)
     if isinstance(data, datasets.DatasetDict):
         if len(data) == 1:
