@@ -73,3 +73,69 @@ def test_resuming_a_finished_run_trains_no_step(tmp_path, caplog):
 def test_a_batch_of_one_row_is_refused():
     with pytest.raises(ValueError, match="--per_device_train_batch_size 1 .*in-batch negatives"):
         PretrainArguments(**dict(TINY, per_device_train_batch_size=1))
+
+
+def test_a_non_finite_loss_is_refused_before_the_weights_change(tmp_path, monkeypatch):
+    import torch
+
+    class NaNPixelsOnTheSecondBatch(trainer.MakeCollator):
+        calls = 0
+
+        def __call__(self, rows):
+            batch = super().__call__(rows)
+            type(self).calls += 1
+            if type(self).calls == 2:
+                batch["pixel_values"][0] = float("nan")
+            return batch
+
+    models = []
+
+    def recording_optimizer(model, *args, **kwargs):
+        models.append(model)
+        return create_optimizer(model, *args, **kwargs)
+
+    create_optimizer = trainer.create_optimizer
+    monkeypatch.setattr(trainer, "MakeCollator", NaNPixelsOnTheSecondBatch)
+    monkeypatch.setattr(trainer, "create_optimizer", recording_optimizer)
+    with pytest.raises(FloatingPointError, match=r"Step 2: the loss is not finite \(loss, .*--learning_rate"):
+        pretrain(PretrainArguments(output_dir=str(tmp_path / "run"), **dict(TINY, max_train_steps=3)))
+    for name, parameter in models[0].named_parameters():
+        assert torch.isfinite(parameter).all(), f"{name} is not finite"
+
+
+INFINITE_LOSS_ON_ONE_PROCESS = """
+import os, sys
+from make_hf import MakeModel
+from make_hf.training import PretrainArguments, pretrain
+
+forward, calls = MakeModel.forward, []
+
+def forward_with_an_infinite_loss_on_process_one(self, *args, **kwargs):
+    outputs = forward(self, *args, **kwargs)
+    calls.append(1)
+    if len(calls) == 2 and os.environ["RANK"] == "1":
+        outputs.loss = outputs.loss + float("inf")
+    return outputs
+
+MakeModel.forward = forward_with_an_infinite_loss_on_process_one
+pretrain(PretrainArguments(output_dir=sys.argv[1], **{settings}))
+"""
+
+
+def test_every_process_refuses_a_non_finite_loss_of_one_of_them(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "infinite_loss_on_one_process.py"
+    script.write_text(INFINITE_LOSS_ON_ONE_PROCESS.replace("{settings}", repr(dict(TINY, max_train_steps=3))))
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               str(script), str(tmp_path / "run")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # A process that stopped alone would leave the other waiting in a collective until the timeout.
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode != 0
+    # Process 0's own loss is finite: it stops because process 1's is not.
+    for rank in (0, 1):
+        assert f"[rank{rank}]: FloatingPointError: Step 2: the loss is not finite (loss, on process(es) [1])" in (
+            completed.stderr
+        )

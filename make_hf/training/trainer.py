@@ -129,6 +129,7 @@ def pretrain(args: PretrainArguments) -> dict:
         main_process_only=True,
     )
     started = time.perf_counter()
+    local_terms = None
     model.train()
     # A run resumed at its last step trains nothing (the loop below would take one step before its first check).
     for epoch in range(starting_epoch, num_epochs if completed_steps < max_train_steps else 0):
@@ -147,6 +148,10 @@ def pretrain(args: PretrainArguments) -> dict:
                 continue
             with accelerator.accumulate(model):
                 outputs = model(**batch, return_loss=True)
+                local_terms = _local_loss_terms(accelerator, outputs, local_terms)
+                if accelerator.sync_gradients:  # the micro-batch whose optimizer.step() changes the weights
+                    loss_terms, local_terms = accelerator.gather(local_terms[None]).cpu(), None
+                    _refuse_non_finite_loss(loss_terms, completed_steps + 1, args)
                 accelerator.backward(outputs.loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -161,7 +166,7 @@ def pretrain(args: PretrainArguments) -> dict:
             progress.update(1)
 
             if completed_steps % args.logging_steps == 0 or completed_steps == max_train_steps:
-                row = _loss_row(accelerator, model, outputs, completed_steps, scheduler.get_last_lr()[0])
+                row = _loss_row(accelerator, model, outputs, loss_terms, completed_steps, scheduler.get_last_lr()[0])
                 history.append(row)
                 progress.set_postfix(loss=f"{row['loss']:.3f}")
                 accelerator.log(row, step=completed_steps)
@@ -215,14 +220,51 @@ def _tracker_config(args: PretrainArguments) -> dict:
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()}
 
 
-def _loss_row(accelerator, model, outputs, step: int, learning_rate: float) -> dict:
-    """Every loss term of this step, averaged over processes, plus the temperature and learning rate."""
-    row = {"step": step, "lr": learning_rate}
-    # One gather of a fixed-size vector: a term can be absent on one process (no covering query-keyword pair in
-    # its rows) and present on another, and a per-term collective would then hang.
+def _local_loss_terms(accelerator, outputs, previous: torch.Tensor | None) -> torch.Tensor:
+    """This process's loss terms, as one vector on its device: the values of this micro-batch (NaN where a term is
+    absent), then 1 where a term is present, then 1 where a term was not finite in this or an earlier micro-batch of
+    the same optimiser step (`previous`).
+
+    Gathered once per optimiser step, the vector serves both the finiteness check and the logged means. Its size is
+    fixed because a term can be absent on one process (no covering query-keyword pair in its rows) and present on
+    another, and a per-term collective would then hang.
+    """
     values = [getattr(outputs, term, None) for term in LOSS_TERMS]
-    local = torch.tensor([[float("nan") if v is None else v.detach().float().item() for v in values]])
-    means = torch.nanmean(accelerator.gather(local.to(accelerator.device)).cpu(), dim=0)
+    absent = torch.tensor(float("nan"), device=accelerator.device)
+    value = torch.stack([absent if v is None else v.detach().float().reshape(()) for v in values])
+    present = torch.tensor([float(v is not None) for v in values], device=accelerator.device)
+    non_finite = ((present > 0) & ~torch.isfinite(value)).float()
+    if previous is not None:
+        non_finite = torch.maximum(non_finite, previous[2 * len(LOSS_TERMS) :])
+    return torch.cat([value, present, non_finite])
+
+
+def _refuse_non_finite_loss(loss_terms: torch.Tensor, step: int, args: PretrainArguments) -> None:
+    """Raise before the optimiser step if a loss term of any micro-batch of this step is NaN or infinite on any
+    process (`loss_terms`: every process's `_local_loss_terms`).
+
+    Every process sees the same gathered terms, so all of them stop together (one stopping alone would leave the
+    others waiting in the next collective), and no parameter has changed: the optimiser never sees the step.
+    """
+    non_finite = loss_terms[:, 2 * len(LOSS_TERMS) :] > 0
+    if not non_finite.any():
+        return
+    terms = [LOSS_TERMS[i] for i in non_finite.any(0).nonzero()[:, 0].tolist()]
+    processes = non_finite.any(1).nonzero()[:, 0].tolist()
+    raise FloatingPointError(
+        f"Step {step}: the loss is not finite ({', '.join(terms)}, on process(es) {processes}), so the step is "
+        "refused before any weight changes. The usual cause is a NaN or infinite value in this step's inputs (an "
+        "image's pixels, or a cached image feature); otherwise training diverged: lower --learning_rate (now "
+        f"{args.learning_rate}) or --max_grad_norm. Fix or drop the bad rows, then resume with "
+        "--resume_from_checkpoint latest (checkpoints are written with --checkpointing_steps)."
+    )
+
+
+def _loss_row(accelerator, model, outputs, loss_terms: torch.Tensor, step: int, learning_rate: float) -> dict:
+    """Every loss term of this step (from the gathered `_local_loss_terms`), averaged over processes, plus the
+    temperature and learning rate."""
+    row = {"step": step, "lr": learning_rate}
+    means = torch.nanmean(loss_terms[:, : len(LOSS_TERMS)], dim=0)
     row.update({term: mean.item() for term, mean in zip(LOSS_TERMS, means) if not torch.isnan(mean)})
     row["logit_scale"] = accelerator.unwrap_model(model).logit_scale.detach().exp().item()
     if getattr(outputs, "masked_negatives", None) is not None:
