@@ -1,6 +1,7 @@
 """Pre-training fails safely: nothing trained is lost, nothing wrong is trained on, and odd settings are said."""
 
 import io
+import json
 import os
 
 import datasets
@@ -139,3 +140,23 @@ def test_every_process_refuses_a_non_finite_loss_of_one_of_them(tmp_path):
         assert f"[rank{rank}]: FloatingPointError: Step 2: the loss is not finite (loss, on process(es) [1])" in (
             completed.stderr
         )
+
+
+def _history(output_dir):
+    with open(os.path.join(output_dir, "training_history.json"), encoding="utf-8") as f:
+        return json.load(f)["losses"]
+
+
+def test_a_warm_up_longer_than_the_run_is_capped_so_the_learning_rate_peaks(tmp_path, caplog):
+    out = str(tmp_path / "run")
+    with caplog.at_level("WARNING"):
+        pretrain(PretrainArguments(output_dir=out, **dict(TINY, max_train_steps=10, warmup_steps=50)))
+    assert "--warmup_steps 50 is not shorter than the run's 10 steps" in caplog.text
+    # A tenth of 10 steps: the rate logged after the first step is the peak.
+    assert max(row["lr"] for row in _history(out)) == pytest.approx(PretrainArguments.learning_rate)
+
+
+def test_no_validation_in_a_run_shorter_than_eval_steps_is_warned_once(tmp_path, caplog):
+    with caplog.at_level("WARNING"):
+        pretrain(PretrainArguments(output_dir=str(tmp_path / "run"), **dict(TINY, eval_steps=5)))
+    assert caplog.text.count("--eval_steps 5 is not below the run's 2 steps") == 1

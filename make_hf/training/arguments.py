@@ -84,7 +84,11 @@ class PretrainArguments:
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 disables)."})
     num_train_epochs: int = field(default=30, metadata={"help": "Epochs, unless --max_train_steps is set."})
     max_train_steps: int | None = field(default=300, metadata={"help": "Optimiser steps; overrides the epochs."})
-    warmup_steps: int = field(default=50, metadata={"help": "Linear warm-up steps before the cosine decay."})
+    warmup_steps: int = field(
+        default=50,
+        metadata={"help": "Linear warm-up steps before the cosine decay. A warm-up not shorter than the run would "
+                  "never reach the peak learning rate: it is then capped at a tenth of the run, with a warning."},
+    )
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Any transformers scheduler name."})
     mixed_precision: str | None = field(
         default=None, metadata={"help": "'no', 'fp16' or 'bf16'; default: what `accelerate launch` was given."}
@@ -92,7 +96,11 @@ class PretrainArguments:
     activation_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
 
     # Evaluation, checkpoints, logging
-    eval_steps: int = field(default=100, metadata={"help": "Evaluate on the validation split every N steps."})
+    eval_steps: int = field(
+        default=100,
+        metadata={"help": "Evaluate on the validation split every N steps (0: never; not below the run's steps: "
+                  "never either, with a warning). The test split is evaluated at the end in any case."},
+    )
     eval_batch_size: int = field(default=256, metadata={"help": "Batch size for encoding during evaluation."})
     checkpointing_steps: int | None = field(default=None, metadata={"help": "Save the training state every N steps."})
     checkpoints_total_limit: int | None = field(default=2, metadata={"help": "Keep only the newest K checkpoints."})
@@ -126,6 +134,8 @@ class PretrainArguments:
         for name in ("max_train_steps", "checkpointing_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1 (or left unset), got {getattr(self, name)}.")
+        if self.warmup_steps < 0:
+            raise ValueError(f"--warmup_steps must be 0 (no warm-up) or more, got {self.warmup_steps}.")
         if self.eval_steps < 0:
             raise ValueError(f"--eval_steps must be 0 (no validation during training) or more, got {self.eval_steps}.")
 

@@ -86,11 +86,18 @@ def pretrain(args: PretrainArguments) -> dict:
     steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
     num_epochs = math.ceil(max_train_steps / steps_per_epoch)
+    warmup_steps = _warmup_steps(args, max_train_steps)
+    if args.eval_steps >= max_train_steps:
+        logger.warning(
+            f"--eval_steps {args.eval_steps} is not below the run's {max_train_steps} steps: there is no validation "
+            "during training, only the final test evaluation. Lower --eval_steps to follow validation recall.",
+            main_process_only=True,
+        )
     scheduler = get_scheduler(
         args.lr_scheduler_type,
         optimizer=optimizer,
         # A prepared scheduler steps once per process for every optimiser step.
-        num_warmup_steps=args.warmup_steps * accelerator.num_processes,
+        num_warmup_steps=warmup_steps * accelerator.num_processes,
         num_training_steps=max_train_steps * accelerator.num_processes,
     )
     scheduler = accelerator.prepare(scheduler)
@@ -213,6 +220,21 @@ def _multi_process_without_gpu() -> bool:
     """`accelerate launch --multi_gpu --num_processes N` on a machine without GPUs: run N CPU processes over
     gloo. Accelerate would otherwise give each process a world of its own."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
+def _warmup_steps(args: PretrainArguments, max_train_steps: int) -> int:
+    """`--warmup_steps`, or a tenth of the run when the warm-up is not shorter than the run: the learning rate
+    would otherwise never reach its peak, --learning_rate."""
+    if args.warmup_steps < max_train_steps:
+        return args.warmup_steps
+    capped = max_train_steps // 10
+    logger.warning(
+        f"--warmup_steps {args.warmup_steps} is not shorter than the run's {max_train_steps} steps, so the learning "
+        f"rate would never reach --learning_rate; warming up for {capped} steps (a tenth of the run) instead. "
+        "Pass a smaller --warmup_steps to choose.",
+        main_process_only=True,
+    )
+    return capped
 
 
 def _tracker_config(args: PretrainArguments) -> dict:
