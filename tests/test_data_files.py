@@ -296,3 +296,55 @@ def test_json_array_and_columns_and_csv_keep_values_as_written(tmp_path):
     (tmp_path / "rows.csv").write_text("query,title,product_id\n123,zerel tshirt,007\nred tee,zerel tshirt,7\n")
     loaded = load_triples(tmp_path / "rows.csv")
     assert loaded["query"] == ["123", "red tee"] and loaded["product_id"] == ["007", "7"]
+
+
+def test_malformed_jsonl_lines_are_skipped_with_their_line(tmp_path):
+    good = json.dumps({"query": "red tee", "title": "zerel tshirt", "product_id": "p0"})
+    path = tmp_path / "train.jsonl"
+    path.write_text(f'{good}\n{{"query": "blue tee", "title": \n\n[1, 2]\n{good}\n')
+    skipped = SkippedRows()
+    rows = load_triples(path, skipped=skipped)
+    assert rows["source_row"] == [0, 3]
+    assert [(r.index, r.reason) for r in skipped] == [(1, "malformed_row"), (2, "malformed_row")]
+    assert skipped.rows[0].detail.startswith("line 2: not valid JSON")
+    assert skipped.rows[1].detail == "line 4: a JSON list, not an object of column values"
+
+
+@pytest.mark.parametrize("suffix, separator", [(".csv", ","), (".tsv", "\t")])
+def test_broken_csv_rows_are_skipped_with_their_line(tmp_path, suffix, separator):
+    lines = ["query,title,product_id", "red tee,zerel tshirt,p0", "blue tee,zerel, tshirt,p1", '"navy" tee,x,p2',
+             "", "green tee,zerel tshirt,p3"]
+    path = tmp_path / f"train{suffix}"
+    path.write_text("\n".join(line.replace(",", separator) for line in lines) + "\n")
+    skipped = SkippedRows()
+    rows = load_triples(path, skipped=skipped)
+    assert rows["product_id"] == ["p0", "p3"] and rows["source_row"] == [0, 3]
+    assert [(r.index, r.reason) for r in skipped] == [(1, "malformed_row"), (2, "malformed_row")]
+    assert skipped.rows[0].detail.startswith("line 3: 4 fields where the header has 3")
+    assert skipped.rows[1].detail.startswith("line 4: ")
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("train.jsonl", b"", "the file is empty"),
+    ("train.csv", b"\n \n", "the file is empty"),
+    ("train.csv", "query,title\nred tee,zerel\ncafé crème,tasse\n".encode("latin-1"),
+     r"not UTF-8 text: byte 0xe9 at offset 29 \(line 3\) does not decode. Re-save the file as UTF-8"),
+    ("train.json", b'[{"query": "red tee", "title": "zerel"},\n {"query": }]', "not valid JSON at line 2, column 12"),
+    ("train.parquet", b"PAR1 cut short", "cannot read it as Parquet"),
+])
+def test_unreadable_files_name_the_file_and_what_to_do(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError, match=message) as raised:
+        load_triples(tmp_path / name)
+    assert str(tmp_path / name) in str(raised.value)
+
+
+@pytest.mark.parametrize("content", [
+    "{broken\n[1]\n",  # every row malformed
+    '{"query": "", "title": "zerel tshirt", "product_id": "p0"}\n{"query": "red tee", "product_id": "p1"}\n',
+])
+def test_a_file_without_usable_rows_fails_with_the_skip_report(tmp_path, content):
+    (tmp_path / "train.jsonl").write_text(content)
+    with pytest.raises(ValueError, match=r"train.jsonl: no usable rows.\n2 row\(s\) skipped") as raised:
+        load_triples(tmp_path / "train.jsonl")
+    assert "train.jsonl row 1: " in str(raised.value)

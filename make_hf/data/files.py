@@ -12,7 +12,11 @@ A JSONL file, one triple per line (`image` may also be omitted or null for a pro
 
 JSONL, JSON, CSV and TSV files are read row by row with the standard library, so each row keeps its own values:
 a query, title or image that is not a string skips that row (`wrong_type`) instead of re-typing its whole column,
-an integer product id becomes its decimal string, and CSV values are never guessed into numbers.
+an integer product id becomes its decimal string, and CSV values are never guessed into numbers. A JSONL line
+that is not a JSON object, or a CSV / TSV row that does not parse or has the wrong number of fields, is skipped
+as `malformed_row` with its line number. A file that cannot be read at all (empty, not UTF-8, a JSON document or
+Parquet file that does not parse) is an error naming the file, and so is a source with no usable row left, whose
+error carries the skip report.
 
 Validation happens here, once, before training: every row's query, product id and image are checked (images are
 decoded with `make_hf.image_utils.load_image`). Rows with an empty query, a missing or corrupt image, neither
@@ -113,8 +117,31 @@ def _resolve_column(dataset: datasets.Dataset, column: str | None, root: Path | 
     return dataset.map(lambda row: {column: _resolve(row[column], root)})
 
 
-def _json_records(text: str, path: Path) -> list[Any]:
-    """The values of a JSON file: an array of objects, an object of columns, or JSON lines."""
+def _decode(path: Path) -> str:
+    """The text of a data file, or an error naming the file and what to do when it is empty or not UTF-8."""
+    data = path.read_bytes()
+    if not data.strip():
+        raise ValueError(f"{path}: the file is empty. Write one row per line (JSONL) or a header and rows (CSV).")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}: not UTF-8 text: byte 0x{data[error.start]:02x} at offset {error.start} (line {line}) does not "
+            "decode. Re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 in.csv > out.csv`)."
+        ) from None
+
+
+# (row index, where in the file, value or None, why it is malformed or None)
+_Record = tuple[int, str, Any, "str | None"]
+
+
+def _json_records(text: str, path: Path) -> list[_Record]:
+    """The rows of a JSON file (an array of objects, or an object of columns) or of a JSONL file.
+
+    A JSONL line that is not a JSON object is a malformed row; a JSON document that does not parse is an error
+    naming its line, since no row of it can be trusted.
+    """
     if text.lstrip().startswith("["):
         try:
             values = json.loads(text)
@@ -123,7 +150,7 @@ def _json_records(text: str, path: Path) -> list[Any]:
                 f"{path}: not valid JSON at line {error.lineno}, column {error.colno} ({error.msg}). Fix the file, "
                 "or write one JSON object per line (JSONL), where a broken line only skips that row."
             ) from None
-        return values
+        return [(index, f"element {index}", value, None) for index, value in enumerate(values)]
     if text.lstrip().startswith("{") and path.suffix.lower() == ".json":
         try:
             value = json.loads(text)
@@ -136,22 +163,58 @@ def _json_records(text: str, path: Path) -> list[Any]:
                     f"{path}: a JSON object must map each column name to a list of values of one length. Write an "
                     "array of row objects, or one JSON object per line (JSONL)."
                 )
-            return [dict(zip(value, row)) for row in zip(*value.values())]
-    values = []
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+            rows = [dict(zip(value, row)) for row in zip(*value.values())]
+            return [(index, f"row {index}", row, None) for index, row in enumerate(rows)]
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append((len(records), f"line {number}", json.loads(line), None))
+        except json.JSONDecodeError as error:
+            problem = f"line {number}: not valid JSON ({error.msg} at column {error.colno})"
+            records.append((len(records), f"line {number}", None, problem))
+    return records
 
 
-def _csv_records(text: str, path: Path) -> tuple[list[str], list[dict[str, str]]]:
+def _csv_records(text: str, path: Path) -> tuple[list[str], list[_Record]]:
     """The header and rows of a CSV/TSV file, every value a string as written (no type guessing: an id `007`
-    stays `007`); an empty cell is None."""
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    rows = [row for row in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True) if row]
-    if not rows:
-        return [], []
-    header, records = rows[0], []
-    for row in rows[1:]:
-        records.append({column: value if value != "" else None for column, value in zip(header, row)})
-    return header, records
+    stays `007`); an empty cell is None. A row that does not parse or has another number of fields than the
+    header is a malformed row."""
+    delimiter, separator = ("\t", "a tab") if path.suffix.lower() == ".tsv" else (",", "a comma")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    header: list[str] | None = None
+    records: list[_Record] = []
+    last_line = 0
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as error:
+            where = f"line {last_line + 1}" if reader.line_num == last_line + 1 else \
+                f"lines {last_line + 1}-{reader.line_num}"
+            last_line = reader.line_num
+            if header is None:
+                raise ValueError(f"{path}: the header row does not parse ({where}: {error}).") from None
+            records.append((len(records), where, None, f"{where}: {error}; quote fields that contain quotes"))
+            continue
+        where, last_line = f"line {last_line + 1}", reader.line_num
+        if not row:
+            continue
+        if header is None:
+            duplicates = sorted({column for column in row if row.count(column) > 1})
+            if duplicates:
+                raise ValueError(f"{path}: the header names {duplicates} more than once; give every column a name.")
+            header = row
+            continue
+        if len(row) != len(header):
+            problem = (f"{where}: {len(row)} fields where the header has {len(header)}; quote fields that contain "
+                       f"{separator}")
+            records.append((len(records), where, None, problem))
+            continue
+        records.append((len(records), where, {column: value or None for column, value in zip(header, row)}, None))
+    return header or [], records
 
 
 def _type_problem(record: dict[str, Any], columns: dict[str, str | None]) -> str | None:
@@ -178,15 +241,18 @@ def _read_text_file(path: Path, name: str, columns: dict[str, str | None], skipp
     query, title or image is not a string is skipped (`wrong_type`), an integer product id becomes its decimal
     string, and the query, title, image and product id columns are always strings.
     """
-    text = path.read_text(encoding="utf-8-sig")
+    text = _decode(path)
     if path.suffix.lower() in (".csv", ".tsv"):
         header, values = _csv_records(text, path)
     else:
         header, values = [], _json_records(text, path)
     records, positions = [], []
-    for index, record in enumerate(values):
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}: row {index} is {type(record).__name__}, not an object of column values.")
+    for index, where, record, problem in values:
+        if problem is None and not isinstance(record, dict):
+            problem = f"{where}: a JSON {type(record).__name__}, not an object of column values"
+        if problem is not None:
+            skipped.add(index, "malformed_row", problem, source=name)
+            continue
         problem = _type_problem(record, columns)
         if problem is not None:
             skipped.add(index, "wrong_type", problem, source=name)
@@ -196,6 +262,8 @@ def _read_text_file(path: Path, name: str, columns: dict[str, str | None], skipp
             record[columns["product_id"]] = str(product_id)
         records.append(record)
         positions.append(index)
+    if not records:
+        raise ValueError(f"{name}: no usable rows.\n{skipped.report()}\nFix the rows above, or pass another file.")
     names = list(dict.fromkeys([*header, *(key for record in records for key in record)]))
     text_columns = {column for column in columns.values() if column is not None}
     arrays = {}
@@ -227,7 +295,13 @@ def _read(
             )
         if path.suffix.lower() in _TEXT_FILES:
             return _read_text_file(path, name, columns, skipped), path.parent.resolve()
-        data = datasets.load_dataset(builder, data_files=str(path), split="train")
+        try:
+            data = datasets.load_dataset(builder, data_files=str(path), split="train")
+        except Exception as error:  # pyarrow and datasets raise many types for a damaged file
+            raise ValueError(
+                f"{path}: cannot read it as Parquet ({type(error).__name__}: {error}). Check that the file is "
+                "complete (re-export it), or convert it to JSONL, where a broken line only skips that row."
+            ) from error
         return data, path.parent.resolve()
     if path.is_dir():
         if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
@@ -329,6 +403,8 @@ def _standardise(
             skipped.add(i, reasons[i], details[i], source=name)
         keep = [i for i, reason in enumerate(reasons) if reason is None]
         data = data.select(keep).flatten_indices()
+    if data.num_rows == 0:
+        raise ValueError(f"{name}: no usable rows.\n{skipped.report()}\nFix the rows above, or pass another file.")
     return data.remove_columns([column for column in ("_skip_reason", "_skip_detail", _ORIGINAL_ROW)
                                 if column in data.column_names])
 
@@ -368,6 +444,11 @@ def load_triples(
         skipped: a `SkippedRows` to record dropped rows in (pass the same one to `MakeCollator` to get a single
             report at the end of a run). When None, the dropped rows are logged as a warning here.
         num_proc: processes for the row check (large image sets).
+
+    Raises:
+        ValueError: a file that cannot be read (empty, not UTF-8, broken JSON or Parquet), missing columns, or no
+            usable row left (the message holds the skip report).
+        FileNotFoundError: a path with nothing behind it.
 
     Returns:
         A `Dataset` (or `DatasetDict`, see `split`) with `query`, `title`, `image`, `product_id`, `source_row`

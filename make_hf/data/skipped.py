@@ -1,9 +1,10 @@
 """`SkippedRows`: the report of training rows that were dropped instead of crashing a run.
 
 A row is skipped when it cannot become a training example: an empty query, an image file that is missing or that
-does not decode, a product with neither title nor image, no product id, or a value of the wrong type. The loader (`load_triples`) checks
-every row before training and the collator (`MakeCollator`) re-checks each batch; both record what they drop in
-a `SkippedRows`, so that a run ends with one report saying which rows were left out and why.
+does not decode, a product with neither title nor image, no product id, a value of the wrong type, or a row of a
+data file that does not parse. The loader (`load_triples`) checks every row before training and the collator
+(`MakeCollator`) re-checks each batch; both record what they drop in a `SkippedRows`, so that a run ends with one
+report saying which rows were left out and why.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 SKIP_REASONS = (
-    "empty_query", "missing_image", "corrupt_image", "no_title_or_image", "missing_product_id", "wrong_type"
+    "empty_query", "missing_image", "corrupt_image", "no_title_or_image", "missing_product_id", "wrong_type",
+    "malformed_row",
 )
 """Why a row is skipped: no query text; an image path with no file behind it; image data that does not decode;
 a product row with neither a title nor an image; a row with no product id; a row of a JSON / CSV file whose
-query, title or image is not a string (or whose product id is neither a string nor an integer)."""
+query, title or image is not a string (or whose product id is neither a string nor an integer); a line of a
+JSONL file that is not a JSON object, or a CSV / TSV row that does not parse or has the wrong number of fields."""
 
 
 @dataclass(frozen=True)
