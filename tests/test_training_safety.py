@@ -160,3 +160,22 @@ def test_no_validation_in_a_run_shorter_than_eval_steps_is_warned_once(tmp_path,
     with caplog.at_level("WARNING"):
         pretrain(PretrainArguments(output_dir=str(tmp_path / "run"), **dict(TINY, eval_steps=5)))
     assert caplog.text.count("--eval_steps 5 is not below the run's 2 steps") == 1
+
+
+def test_num_train_epochs_takes_effect_when_max_train_steps_is_not_given(tmp_path):
+    from transformers import HfArgumentParser
+
+    (default,) = HfArgumentParser(PretrainArguments).parse_args_into_dataclasses(args=[])
+    assert default.max_train_steps == 300
+    (both,) = HfArgumentParser(PretrainArguments).parse_args_into_dataclasses(
+        args=["--num_train_epochs", "2", "--max_train_steps", "7"]
+    )
+    assert both.max_train_steps == 7
+    settings = dict(TINY, per_device_train_batch_size=16, num_train_epochs=1)
+    del settings["max_train_steps"]
+    args = PretrainArguments(output_dir=str(tmp_path / "run"), **settings)
+    assert args.max_train_steps is None
+
+    results = pretrain(args)
+    train_rows = len(trainer.load_pretraining_data(args).train)
+    assert results["steps"] == train_rows // 16

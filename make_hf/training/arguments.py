@@ -2,6 +2,9 @@
 
 from dataclasses import dataclass, field
 
+DEFAULT_MAX_TRAIN_STEPS = 300
+"""The length of a run given neither --max_train_steps nor --num_train_epochs."""
+
 
 @dataclass
 class PretrainArguments:
@@ -82,8 +85,16 @@ class PretrainArguments:
     learning_rate: float = field(default=5e-4, metadata={"help": "Peak AdamW learning rate."})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (matrices only)."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 disables)."})
-    num_train_epochs: int = field(default=30, metadata={"help": "Epochs, unless --max_train_steps is set."})
-    max_train_steps: int | None = field(default=300, metadata={"help": "Optimiser steps; overrides the epochs."})
+    num_train_epochs: int | None = field(
+        default=None,
+        metadata={"help": "Passes over the training rows; takes effect when --max_train_steps is not given (which "
+                  f"wins when both are). Given neither, a run is {DEFAULT_MAX_TRAIN_STEPS} steps."},
+    )
+    max_train_steps: int | None = field(
+        default=None,
+        metadata={"help": f"Optimiser steps; overrides --num_train_epochs. Default: {DEFAULT_MAX_TRAIN_STEPS} unless "
+                  "--num_train_epochs is given."},
+    )
     warmup_steps: int = field(
         default=50,
         metadata={"help": "Linear warm-up steps before the cosine decay. A warm-up not shorter than the run would "
@@ -131,9 +142,11 @@ class PretrainArguments:
                 "is exactly zero). Use 2 or more (the default is 64); to fit memory, lower --eval_batch_size or use "
                 "--activation_checkpointing instead."
             )
-        for name in ("max_train_steps", "checkpointing_steps"):
+        for name in ("max_train_steps", "num_train_epochs", "checkpointing_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1 (or left unset), got {getattr(self, name)}.")
+        if self.max_train_steps is None and self.num_train_epochs is None:
+            self.max_train_steps = DEFAULT_MAX_TRAIN_STEPS
         if self.warmup_steps < 0:
             raise ValueError(f"--warmup_steps must be 0 (no warm-up) or more, got {self.warmup_steps}.")
         if self.eval_steps < 0:
