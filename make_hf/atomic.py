@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -58,6 +59,33 @@ def staged_directory(path: str):
                 os.replace(os.path.join(root, name), os.path.join(target_dir, name))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+# The random part of the names `tempfile.mkstemp` and `mkdtemp` make: eight of [a-z0-9_].
+_RANDOM = r"[a-z0-9_]{8}"
+
+
+def remove_interrupted_writes(path: str) -> list[str]:
+    """Delete what `staged_directory(path)` and `atomic_path` leave when killed mid-write, and return the deleted
+    paths: `.NAME.XXXXXXXX.staging` folders beside the folder `path`, and `.FILE.XXXXXXXX.tmp` files anywhere in it.
+
+    Only for a folder that no other writer uses at the same time: its files in progress would be deleted too.
+    """
+    path = os.path.abspath(path)
+    parent, name = os.path.dirname(path), os.path.basename(path)
+    removed = []
+    staging = re.compile(rf"^\.{re.escape(name)}\.{_RANDOM}\.staging$")
+    for entry in os.listdir(parent) if os.path.isdir(parent) else []:
+        if staging.match(entry) and os.path.isdir(os.path.join(parent, entry)):
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+            removed.append(os.path.join(parent, entry))
+    temporary = re.compile(rf"^\..+\.{_RANDOM}\.tmp$")
+    for root, _, files in os.walk(path):
+        for entry in files:
+            if temporary.match(entry):
+                os.remove(os.path.join(root, entry))
+                removed.append(os.path.join(root, entry))
+    return removed
 
 
 def _leftovers(path: str, kind: str) -> list[str]:
@@ -173,6 +201,7 @@ __all__ = [
     "atomic_path",
     "readable_directory",
     "recover_directory",
+    "remove_interrupted_writes",
     "replaced_directory",
     "staged_directory",
     "write_text",

@@ -179,3 +179,27 @@ def test_num_train_epochs_takes_effect_when_max_train_steps_is_not_given(tmp_pat
     results = pretrain(args)
     train_rows = len(trainer.load_pretraining_data(args).train)
     assert results["steps"] == train_rows // 16
+
+
+def test_a_new_run_removes_what_an_interrupted_run_left(tmp_path):
+    out = tmp_path / "run"
+    stale = [
+        tmp_path / ".run.k3j_x9a2.staging",  # staged_directory(out), killed before its moves
+        out / ".eval_results.json.a1b2c3d4.tmp",  # atomic_path, killed before its rename
+        out / "checkpoints" / "checkpoint-2" / ".trainer_state.json.zz9_8y7x.tmp",
+        out / "checkpoints" / "checkpoint-2",  # save_state killed before trainer_state.json
+    ]
+    kept = [tmp_path / ".other.k3j_x9a2.staging", out / "notes.tmp", out / "my.staging"]
+    for path in stale[:1] + kept[:1] + kept[2:]:
+        path.mkdir(parents=True)
+        (path / "model.safetensors").write_bytes(b"half")
+    for path in stale[1:3] + kept[1:2]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("half")
+
+    pretrain(PretrainArguments(output_dir=str(out), **TINY))
+
+    for path in stale:
+        assert not path.exists(), f"{path} was left behind"
+    for path in kept:
+        assert path.exists(), f"{path} is not a leftover of this package, yet was deleted"

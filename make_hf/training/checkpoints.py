@@ -25,6 +25,20 @@ def latest_checkpoint(directory: str) -> str | None:
     return checkpoints[-1][1] if checkpoints else None
 
 
+def remove_interrupted_checkpoints(directory: str) -> list[str]:
+    """Delete the `checkpoint-<step>` folders in `directory` without `trainer_state.json` (written last, so these
+    are saves that were interrupted and are never resumed from); return the deleted paths."""
+    if not os.path.isdir(directory):
+        return []
+    complete = {path for _, path in list_checkpoints(directory)}
+    names = sorted(name for name in os.listdir(directory) if CHECKPOINT_PATTERN.match(name))
+    folders = [os.path.join(directory, name) for name in names]
+    interrupted = [path for path in folders if os.path.isdir(path) and path not in complete]
+    for path in interrupted:
+        shutil.rmtree(path, ignore_errors=True)
+    return interrupted
+
+
 def prune_checkpoints(directory: str, keep: int | None) -> list[str]:
     """Delete all but the newest `keep` checkpoints; return the deleted paths. `None` keeps everything."""
     if keep is None:
@@ -55,4 +69,10 @@ def resolve_resume_path(resume_from_checkpoint: str, checkpoint_dir: str) -> str
     return resume_from_checkpoint
 
 
-__all__ = ["list_checkpoints", "latest_checkpoint", "prune_checkpoints", "resolve_resume_path"]
+__all__ = [
+    "list_checkpoints",
+    "latest_checkpoint",
+    "prune_checkpoints",
+    "remove_interrupted_checkpoints",
+    "resolve_resume_path",
+]

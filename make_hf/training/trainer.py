@@ -23,8 +23,8 @@ from ..data import MakeCollator, SkippedRows
 from ..evaluation import evaluate_retrieval, format_results
 from ..modeling_make import MakeOutput
 from .arguments import PretrainArguments
-from ..atomic import atomic_path, staged_directory, write_json, write_text
-from .checkpoints import prune_checkpoints, resolve_resume_path
+from ..atomic import atomic_path, remove_interrupted_writes, staged_directory, write_json, write_text
+from .checkpoints import prune_checkpoints, remove_interrupted_checkpoints, resolve_resume_path
 from .optimization import create_optimizer
 from .plots import plot_losses, plot_recall
 from .setup import build_model_and_processor
@@ -52,6 +52,11 @@ def pretrain(args: PretrainArguments) -> dict:
     set_seed(args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
     checkpoint_dir = os.path.join(args.output_dir, "checkpoints")
+    if accelerator.is_main_process:
+        removed = remove_interrupted_writes(args.output_dir) + remove_interrupted_checkpoints(checkpoint_dir)
+        if removed:
+            logger.info(f"Removed what an interrupted run left: {', '.join(removed)}", main_process_only=True)
+    accelerator.wait_for_everyone()
 
     resume_path = None
     if args.resume_from_checkpoint:
