@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -45,7 +46,18 @@ from .encoding import (
     encode_products,
     encode_queries,
 )
-from .metrics import MRR_K, NDCG_K, RECALL_KS, max_cutoff, mean_metrics, per_query_metrics, ranks_from_scores
+from .metrics import (
+    MRR_K,
+    NDCG_K,
+    RECALL_KS,
+    max_cutoff,
+    mean_metrics,
+    per_query_metrics,
+    ranks_from_scores,
+    small_catalogue_warnings,
+)
+
+logger = logging.getLogger(__name__)
 
 MIXED_GROUP = "mixed"
 """The category group of a query whose relevant products belong to several groups."""
@@ -218,6 +230,9 @@ def evaluate_retrieval(
          "image_weight_by_category": {"dress": 0.91, ...}, "image_weight_by_category_group": {...}}
         ```
 
+        A `warnings` list (also logged) says which Recall@k were computed on fewer than 10·k products
+        (`make_hf.metrics.small_catalogue_warnings`).
+
         `by_bucket` / `by_category_group` appear when the queries have a `bucket` / `category_group` column (the
         group of a query without one is that of its relevant products, or `"mixed"`); the image weights when
         `"title+image"` is evaluated (mean over products that have both a title and an image).
@@ -242,6 +257,11 @@ def evaluate_retrieval(
     groups = _query_groups(query_table, rows, relevant, encoded_products)
 
     results: dict[str, Any] = {"num_products": len(encoded_products.product_ids), "num_queries": len(texts)}
+    warnings = small_catalogue_warnings(results["num_products"], recall_ks)
+    if warnings:
+        results["warnings"] = warnings
+        for warning in warnings:
+            logger.warning(warning)
     for condition in conditions:
         per_query: dict[str, list[torch.Tensor]] = {}
         retrievable = encoded_products.retrievable[condition]

@@ -50,6 +50,25 @@ RECALL_KS = (1, 5, 10, 50)
 MRR_K = 10
 NDCG_K = 10
 
+MIN_PRODUCTS_PER_CUTOFF = 10
+"""Recall@k is reported as not meaningful on a catalogue of fewer than this many times k products."""
+
+
+def small_catalogue_warnings(num_products: int, recall_ks: Iterable[int] = RECALL_KS) -> list[str]:
+    """One warning per Recall@k whose catalogue has fewer than 10·k products.
+
+    On so few products even a weak model ranks most relevant ones in its top k (Recall@50 on 30 products is 1.0
+    for any model), so such numbers cannot tell models apart. Used by the evaluation (logged and returned) and by
+    the model card (printed), so both apply the same rule.
+    """
+    return [
+        f"Recall@{k} on {num_products} products is not meaningful (fewer than {MIN_PRODUCTS_PER_CUTOFF * k}, i.e. "
+        f"{MIN_PRODUCTS_PER_CUTOFF}·k); evaluate on a larger catalogue to compare models at this cutoff."
+        for k in sorted(set(recall_ks))
+        if num_products < MIN_PRODUCTS_PER_CUTOFF * k
+    ]
+
+
 # Elements of the largest temporary tensor ranks_from_scores creates per chunk of queries.
 _CHUNK_ELEMENTS = 1 << 24
 # Resampled query indices paired_bootstrap_interval draws at once (int64: 16 MiB, plus as many float64 values).
@@ -518,6 +537,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "BootstrapInterval",
+    "MIN_PRODUCTS_PER_CUTOFF",
     "MRR_K",
     "NDCG_K",
     "RECALL_KS",
@@ -530,4 +550,5 @@ __all__ = [
     "ranks_from_scores",
     "retrieval_metrics",
     "retrieval_metrics_from_scores",
+    "small_catalogue_warnings",
 ]

@@ -439,7 +439,7 @@ def generate_model_card(
     name = model_id or preset or "make-model"
     dataset_type = dataset_id or re.sub(r"[^a-z0-9]+", "-", dataset_name.lower()).strip("-")
 
-    eval_results, tables, image_weights, sizes = None, [], [], ""
+    eval_results, tables, image_weights, sizes, warnings = None, [], [], "", []
     if evaluation is not None:
         if isinstance(evaluation, (str, os.PathLike)):
             evaluation = _read_json(evaluation, "The evaluation file")
@@ -452,6 +452,11 @@ def generate_model_card(
         image_weights = _image_weight_lines(evaluation)
         if isinstance(evaluation.get("num_queries"), int) and isinstance(evaluation.get("num_products"), int):
             sizes = f" ({evaluation['num_queries']:,} queries, {evaluation['num_products']:,} products)"
+            from .metrics import small_catalogue_warnings
+
+            recall_ks = {int(metric.split("@")[1]) for _, metrics in groups for metric in metrics
+                         if metric.startswith("recall@")}
+            warnings = small_catalogue_warnings(evaluation["num_products"], recall_ks)
 
     card_data = ModelCardData(
         library_name=LIBRARY_NAME,
@@ -480,6 +485,7 @@ def generate_model_card(
             "appeared in training (seen phrasing, new combination of seen terms, a term seen only in titles)."
         ),
         "image_weights": image_weights,
+        "evaluation_warnings": warnings,
         "no_results_text": (
             "No evaluation was attached to this card. The pre-training script evaluates the checkpoint at the end "
             "of training (Recall@1/5/10/50, MRR@10, NDCG@10 per condition and query bucket) and writes the numbers "

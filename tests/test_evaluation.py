@@ -232,3 +232,21 @@ def test_flatten_and_format(setup):
     assert table.startswith("6 queries, 12 products.")
     assert "| title+image | " in table and "| title | seen | " in table and "| mug | " in table
     assert "| image |" not in table  # not evaluated
+
+
+def test_recall_on_a_catalogue_under_ten_times_k_is_flagged(setup, caplog):
+    model, processor, products, queries = setup
+    with caplog.at_level("WARNING", logger="make_hf.evaluation"):
+        results = evaluate_retrieval(model, processor, products, queries, conditions=("title",), show_progress=False)
+    # 12 products: Recall@5, @10 and @50 need 50, 100 and 500; Recall@1 (10 products) is fine.
+    assert [w.split(" is ")[0] for w in results["warnings"]] == [
+        "Recall@5 on 12 products", "Recall@10 on 12 products", "Recall@50 on 12 products"
+    ]
+    assert all(warning in caplog.text for warning in results["warnings"])
+
+
+def test_small_catalogue_rule():
+    from make_hf.metrics import small_catalogue_warnings
+
+    assert small_catalogue_warnings(100, (1, 5, 10)) == []
+    assert len(small_catalogue_warnings(99, (1, 5, 10, 50))) == 2

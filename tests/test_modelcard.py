@@ -163,3 +163,10 @@ def test_bad_evaluations_are_reported(evaluation, message):
 def test_missing_evaluation_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="eval.json"):
         metric_groups(tmp_path / "eval.json")
+
+
+def test_card_warns_about_recall_on_a_small_catalogue(tmp_path):
+    card = _reload(generate_model_card(MakeConfig.from_preset("make-tiny"), EVALUATION), tmp_path)
+    # 160 products: Recall@50 needs 500; Recall@1, @5 and @10 are measured on enough.
+    assert "Recall@50 on 160 products is not meaningful" in card.text
+    assert "Recall@10 on 160" not in card.text

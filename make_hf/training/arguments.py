@@ -68,7 +68,10 @@ class PretrainArguments:
     image_column: str = field(default="image", metadata={"help": "Column holding the image (path, bytes or PIL)."})
     product_id_column: str = field(default="product_id", metadata={"help": "Column holding the product id."})
     validation_fraction: float = field(
-        default=0.1, metadata={"help": "Share of products held out for validation/test when a file has no splits."}
+        default=0.1,
+        metadata={"help": "Share of products held out for validation, and as much again for test, when the data has "
+                  "no such splits; each split gets at least 200 products (at most a quarter of them) so that "
+                  "Recall@k is measured on a catalogue of at least 10·k products where the data allows it."},
     )
     max_eval_queries: int | None = field(
         default=None, metadata={"help": "Evaluate on at most this many queries during training (all at the end)."}

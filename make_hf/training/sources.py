@@ -11,6 +11,9 @@ from .arguments import PretrainArguments
 
 EVALUATION_SPLITS = ("validation_products", "validation_queries", "test_products", "test_queries")
 
+MIN_HELD_OUT_PRODUCTS = 200
+"""Products a held-out catalogue gets at least, data allowing: Recall@k on fewer than 10·k products says little."""
+
 
 @dataclass
 class PretrainingData:
@@ -82,9 +85,12 @@ def _user_data(args: PretrainArguments) -> PretrainingData:
 
 
 def split_by_product(name: str, rows: datasets.Dataset, fraction: float, seed: int) -> PretrainingData:
-    """Hold out `fraction` of the products for validation and as much again for test.
+    """Hold out products for validation and as many again for test: `fraction` of them, but at least
+    `MIN_HELD_OUT_PRODUCTS` (200) per split when the data allows it, and never more than a quarter per split.
 
-    Splitting by product, never by row, keeps a product's other queries from leaking into training. Each
+    A tenth of a small shop is a catalogue so small that every model finds everything in its top 10; raising the
+    held-out share up to a quarter per split gives meaningful Recall@k while at least half the products still
+    train. Splitting by product, never by row, keeps a product's other queries from leaking into training. Each
     held-out query string becomes one evaluation query whose relevant ids are every held-out product of that
     split it was issued for.
     """
@@ -94,7 +100,7 @@ def split_by_product(name: str, rows: datasets.Dataset, fraction: float, seed: i
     if len(product_ids) < 3:
         raise ValueError(f"{name}: {len(product_ids)} distinct product ids; need at least 3 to hold some out.")
     random.Random(seed).shuffle(product_ids)
-    held_out = max(1, int(len(product_ids) * fraction))
+    held_out = max(1, int(len(product_ids) * fraction), min(MIN_HELD_OUT_PRODUCTS, len(product_ids) // 4))
     split_of = {pid: "validation" for pid in product_ids[:held_out]}
     split_of.update({pid: "test" for pid in product_ids[held_out : 2 * held_out]})
 
@@ -117,4 +123,4 @@ def split_by_product(name: str, rows: datasets.Dataset, fraction: float, seed: i
     return PretrainingData(name=name, **splits)
 
 
-__all__ = ["PretrainingData", "load_pretraining_data", "split_by_product"]
+__all__ = ["MIN_HELD_OUT_PRODUCTS", "PretrainingData", "load_pretraining_data", "split_by_product"]
