@@ -112,6 +112,17 @@ PRESET_NOTES: dict[str, dict[str, str]] = {
     },
 }
 
+_PRESET_RECIPES = {"make-small": "synthetic"}
+"""The `--dataset` a preset's summary says it was trained on (from scratch); a run on other data or from
+pretrained towers gets a summary of its own."""
+
+_DATASET_DESCRIPTIONS = {
+    "synthetic": "the embedded synthetic shop (`{name}`): a deterministic generator of products whose colour, "
+    "pattern and shape only the image shows and whose brand, material and size only the title states",
+    "emoji-en": "Emoji-CLDR-3D, English (`{name}`)",
+    "emoji-zh": "Emoji-CLDR-3D, Chinese (`{name}`)",
+}
+
 _GENERIC_NOTES = {
     "summary": "A MAKE model for text-to-multimodal product retrieval, trained with make_hf.",
     "training_description": "Trained with the make_hf pre-training script:",
@@ -121,6 +132,73 @@ _GENERIC_NOTES = {
         "towers want GPUs and large global batches."
     ),
 }
+
+
+# --------------------------------------------------------------------------------------------------- the run
+
+
+def _checkpoint_name(checkpoint: str) -> str:
+    """A checkpoint as the card names it: a local folder by its basename (its path means nothing elsewhere), a hub
+    id as given."""
+    return os.path.basename(os.path.normpath(checkpoint)) if os.path.exists(checkpoint) else checkpoint
+
+
+def describe_tower_initialisation(training_args: Mapping[str, Any]) -> str:
+    """How a run's towers started and whether the image tower trained, from the pre-training arguments
+    (`model`, `init_from_towers`, `init_image_tower`, `lock_image_tower`)."""
+    towers = training_args.get("init_from_towers") or []
+    towers = [towers] if isinstance(towers, str) else list(towers)
+    image = towers[1] if len(towers) > 1 else training_args.get("init_image_tower")
+    model = str(training_args.get("model") or "")
+    from .configuration_make import PRESET_NAMES
+
+    if towers:
+        text = f"query and title towers from the text checkpoint `{_checkpoint_name(towers[0])}`"
+    elif model and model not in PRESET_NAMES and not model.endswith(".json"):
+        text = f"every tower from the model `{_checkpoint_name(model)}`"
+    else:
+        text = "text towers from scratch"
+    if image:
+        text += f", image tower from the pretrained checkpoint `{_checkpoint_name(image)}`"
+    elif "every tower" not in text:
+        text += ", image tower from scratch"
+    if training_args.get("lock_image_tower"):
+        text += "; the image tower was locked (frozen; only its projection and Modal Adaptation trained)"
+    elif image:
+        text += "; the image tower was fine-tuned"
+    return "all towers from scratch" if text == "text towers from scratch, image tower from scratch" else text
+
+
+def _run_notes(training_args: Mapping[str, Any], dataset_name: str, preset: str | None, notes: dict) -> dict:
+    """The summary and training text of a card written for a run: the data it trained on and how its towers
+    started, as its arguments say, so that a card never describes the built-in demo for another run."""
+    dataset = str(training_args["dataset"])
+    data = _DATASET_DESCRIPTIONS.get(dataset, "the user's own data, `{name}`").format(name=dataset_name)
+    towers = describe_tower_initialisation(training_args)
+    command = ["accelerate launch examples/pretrain.py"]
+    for name in ("model", "dataset", "init_from_towers", "init_image_tower"):
+        value = training_args.get(name)
+        if value:
+            value = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+            command.append(f"--{name} {value}")
+    if training_args.get("lock_image_tower"):
+        command.append("--lock_image_tower")
+    run = {
+        "training_description": f"Trained with the make_hf pre-training script on {data}. Tower initialisation: "
+        f"{towers}. The command (the run's arguments are listed below it):",
+        "training_command": " \\\n    ".join(command),
+    }
+    if preset in _PRESET_RECIPES and (_PRESET_RECIPES[preset] != dataset or towers != "all towers from scratch"):
+        run["summary"] = (
+            f"A MAKE model for text-to-multimodal product retrieval (`{preset}` configuration), trained with "
+            f"make_hf on {dataset_name} ({towers})."
+        )
+    elif preset not in PRESET_NOTES:
+        run["summary"] = (
+            f"A MAKE model for text-to-multimodal product retrieval, trained with make_hf on {dataset_name} "
+            f"({towers})."
+        )
+    return {**notes, **run}
 
 
 # --------------------------------------------------------------------------------------------------- config
@@ -414,7 +492,8 @@ def generate_model_card(
         evaluation: the evaluation result (mapping or JSON path; see `metric_groups`), or None for a card without
             results (no `model-index`).
         model_id: the repo id (`org/make-base`) or name shown as the title, in the usage snippet and as the
-            model-index name. Defaults to the preset name, else "make-model".
+            model-index name. Defaults to the preset name, else "make-model"; the snippets then load
+            `path/to/<name>` (pass `repo_id=` for the folder the model is in).
         preset: the `MakeConfig` preset the run started from (`make-small`, `make-base`, ...): picks the
             description, training command and requirements written for it.
         dataset_name: readable name of the evaluation set (model-index `dataset.name`).
@@ -424,6 +503,8 @@ def generate_model_card(
         datasets: the training datasets for the `datasets` metadata. Defaults to `[dataset_id]` when
             `dataset_id` is given.
         training_args: hyper-parameters to list (name -> value), e.g. the training script's parsed arguments.
+            With the script's `dataset` (and `model`, `init_from_towers`, `init_image_tower`,
+            `lock_image_tower`), the card states the data and the tower initialisation of that run.
         num_parameters: the model's parameter count (`model.num_parameters()`), shown in the details table.
         license, language, base_model, tags: metadata; `tags` are added to the default MAKE tags.
         model_index_breakdowns: also put the breakdowns (per query bucket, per category group) in the
@@ -436,6 +517,8 @@ def generate_model_card(
     """
     config_dict = _config_dict(config)
     notes = PRESET_NOTES.get(preset or "", _GENERIC_NOTES)
+    if training_args and "dataset" in training_args:
+        notes = _run_notes(training_args, dataset_name, preset, notes)
     name = model_id or preset or "make-model"
     dataset_type = dataset_id or re.sub(r"[^a-z0-9]+", "-", dataset_name.lower()).strip("-")
 
@@ -475,7 +558,8 @@ def generate_model_card(
         **notes,
         **_template_variables(config_dict),
         "model_id": name,
-        "repo_id": model_id or f"org/{name}",
+        # Without a repo id the snippets load a local folder: a made-up hub id would point at someone else's repo.
+        "repo_id": model_id or f"path/to/{name}",
         "num_parameters": _format_count(num_parameters),
         "hyperparameters": hyperparameters,
         "evaluation_tables": tables,
@@ -557,6 +641,7 @@ __all__ = [
     "PIPELINE_TAG",
     "PRESET_NOTES",
     "TEMPLATE_PATH",
+    "describe_tower_initialisation",
     "eval_results_from_groups",
     "generate_model_card",
     "is_breakdown",

@@ -170,3 +170,47 @@ def test_card_warns_about_recall_on_a_small_catalogue(tmp_path):
     # 160 products: Recall@50 needs 500; Recall@1, @5 and @10 are measured on enough.
     assert "Recall@50 on 160 products is not meaningful" in card.text
     assert "Recall@10 on 160" not in card.text
+
+
+def _run_card(tmp_path, **training_args):
+    args = {"model": "make-small", "dataset": "synthetic", "init_from_towers": None, "init_image_tower": None,
+            "lock_image_tower": False, **training_args}
+    name = training_args.pop("dataset_name", "synthetic-shop")
+    card = generate_model_card(MakeConfig.from_preset("make-tiny"), EVALUATION, preset=args["model"],
+                               dataset_name=name, training_args=args)
+    return _reload(card, tmp_path).text
+
+
+def test_card_of_a_run_on_own_data_from_pretrained_towers_says_so(tmp_path):
+    text = _run_card(tmp_path, dataset="/data/my_logs.jsonl", dataset_name="my_logs.jsonl",
+                     init_from_towers=["sentence-transformers/all-MiniLM-L6-v2", str(tmp_path)], lock_image_tower=True)
+    assert "synthetic shop" not in text and "from scratch" not in text
+    assert "the user's own data, `my_logs.jsonl`" in text
+    assert "query and title towers from the text checkpoint `sentence-transformers/all-MiniLM-L6-v2`" in text
+    assert f"image tower from the pretrained checkpoint `{tmp_path.name}`; the image tower was locked" in text
+    assert '"org/' not in text  # no hub id the user did not give
+    assert 'MakeModel.from_pretrained("path/to/make-small")' in text
+
+
+def test_card_of_a_run_names_an_image_tower_only_initialisation(tmp_path):
+    text = _run_card(tmp_path, dataset="emoji-en", dataset_name="emoji-cldr-3d-en", init_image_tower="lite0")
+    assert "Emoji-CLDR-3D, English (`emoji-cldr-3d-en`)" in text
+    assert "text towers from scratch, image tower from the pretrained checkpoint `lite0`; the image tower was " \
+           "fine-tuned" in text
+    assert "trained from scratch on the embedded synthetic shop" not in text
+
+
+def test_card_of_the_default_run_keeps_the_demo_summary(tmp_path):
+    text = _run_card(tmp_path)
+    assert "trained from scratch on the embedded synthetic shop" in text
+    assert "Tower initialisation: all towers from scratch" in text
+
+
+def test_launch_command_lists_what_differs_from_the_defaults():
+    from make_hf.training import PretrainArguments
+    from make_hf.training.trainer import _launch_command
+
+    assert _launch_command(PretrainArguments()) == "accelerate launch examples/pretrain.py"
+    args = PretrainArguments(dataset="logs.jsonl", init_from_towers=["a", "b"], lock_image_tower=True)
+    command = _launch_command(args)
+    assert command.split(" \\\n    ")[1:] == ["--init_from_towers a b", "--lock_image_tower", "--dataset logs.jsonl"]

@@ -22,7 +22,7 @@ from transformers import get_scheduler
 from ..data import MakeCollator, SkippedRows
 from ..evaluation import evaluate_retrieval, format_results
 from ..modeling_make import MakeOutput
-from .arguments import PretrainArguments
+from .arguments import DEFAULT_MAX_TRAIN_STEPS, PretrainArguments
 from ..atomic import atomic_path, remove_interrupted_writes, staged_directory, write_json, write_text
 from .checkpoints import prune_checkpoints, remove_interrupted_checkpoints, resolve_resume_path
 from .optimization import create_optimizer
@@ -402,9 +402,27 @@ def _model_card(model, data, args, results):
         model_id=args.hub_model_id,
         preset=preset,
         dataset_name=data.name,
-        training_args=_tracker_config(args),
+        training_args=vars(args),
         num_parameters=model.num_parameters(),
+        repo_id=args.hub_model_id or args.output_dir,
+        training_command=_launch_command(args),
     )
+
+
+def _launch_command(args: PretrainArguments) -> str:
+    """The `accelerate launch` command of this run: every argument that differs from its default."""
+    parts = ["accelerate launch examples/pretrain.py"]
+    for field in dataclasses.fields(args):
+        value = getattr(args, field.name)
+        if value == field.default or field.name in ("push_to_hub", "hub_model_id", "hub_private"):
+            continue
+        if field.name == "max_train_steps" and value == DEFAULT_MAX_TRAIN_STEPS and args.num_train_epochs is None:
+            continue  # the length of a run given neither, set by PretrainArguments itself
+        if isinstance(value, bool):
+            parts.append(f"--{field.name}" if value else f"--{field.name} False")
+        else:
+            parts.append(f"--{field.name} " + (" ".join(map(str, value)) if isinstance(value, list) else str(value)))
+    return " \\\n    ".join(parts)
 
 
 def _save_model(model, processor, data, args) -> None:
