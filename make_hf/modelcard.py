@@ -1,7 +1,7 @@
 """Model cards for MAKE checkpoints: Hub metadata plus a readable page, filled from a run's config and evaluation.
 
 `generate_model_card(config, evaluation)` returns a `huggingface_hub.ModelCard` whose YAML header carries
-`library_name`, `pipeline_tag`, tags, license, datasets and a `model-index` with every retrieval metric of the
+`library_name`, tags, license, datasets and a `model-index` with every retrieval metric of the
 evaluation (Recall@k, MRR@10, NDCG@10), and whose body says what the model is, how to use it, how it was trained
 and what it scored. The pre-training script saves it as the checkpoint's `README.md`; `make_hf.hub.push_to_hub`
 writes one when a folder has none.
@@ -12,8 +12,10 @@ Metadata choices:
   `config.json` with an `auto_map`, the model code shipped next to it), so `transformers` alone loads it with
   `trust_remote_code=True`. The Hub knows that library: it shows the right "use this model" snippet and counts
   downloads. `make_hf` is a tag (the Hub lists no `make_hf` library, so that name would show nothing useful).
-- `pipeline_tag: feature-extraction`. The model outputs embeddings; the Hub has no text-to-multimodal retrieval
-  pipeline, and `sentence-similarity` means sentence-transformers.
+- No `pipeline_tag`. The model outputs embeddings, but `feature-extraction` would make the Hub offer
+  `pipeline("feature-extraction")`, which cannot pass a product (title and image) to MAKE; without a tag the Hub
+  shows the `AutoModel.from_pretrained(..., trust_remote_code=True)` snippet, which works. The Hub has no
+  text-to-multimodal retrieval pipeline, and `sentence-similarity` means sentence-transformers.
 - `model-index`: task `information-retrieval` (as sentence-transformers cards use), one result per evaluation
   group (a condition such as title+image / title-only / image-only, or a bucket inside one), the group's path as
   the dataset `config`, metric types `recall@1`, `mrr@10`, `ndcg@10` as the evaluation reports them.
@@ -39,7 +41,8 @@ TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
 """The Jinja template of the card's body (the Hub's own template format: `{{ card_data }}` is the YAML header)."""
 
 LIBRARY_NAME = "transformers"
-PIPELINE_TAG = "feature-extraction"
+PIPELINE_TAG = None
+"""No pipeline of transformers encodes a MAKE product (see the module docstring)."""
 TASK_TYPE = "information-retrieval"
 TASK_NAME = "Text-to-multimodal product retrieval"
 DEFAULT_TAGS = (
