@@ -445,7 +445,7 @@ def _write_outputs(model, data, args, results, history, evaluations) -> None:
     write_json(os.path.join(args.output_dir, "training_history.json"), {"losses": history, "validation": evaluations})
     plot_losses(history, os.path.join(args.output_dir, "loss_curves.png"))
     final = {"step": results.get("steps", 0), **results["title+image"]["overall"]}
-    plot_recall(evaluations + [final], os.path.join(args.output_dir, "recall_at_k.png"))
+    plot_recall(evaluations, os.path.join(args.output_dir, "recall_at_k.png"), test=final)
     print(table)
     if args.push_to_hub:
         from ..hub import push_to_hub
