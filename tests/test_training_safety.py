@@ -203,3 +203,11 @@ def test_a_new_run_removes_what_an_interrupted_run_left(tmp_path):
         assert not path.exists(), f"{path} was left behind"
     for path in kept:
         assert path.exists(), f"{path} is not a leftover of this package, yet was deleted"
+
+
+def test_the_default_run_reports_to_no_tracker_and_warns_nothing_about_trackers(tmp_path, recwarn):
+    settings = {key: value for key, value in TINY.items() if key != "report_to"}
+    args = PretrainArguments(output_dir=str(tmp_path / "run"), **settings)
+    assert args.report_to == "none"
+    pretrain(args)
+    assert not [w for w in recwarn if "log_with" in str(w.message)]

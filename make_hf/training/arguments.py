@@ -127,7 +127,9 @@ class PretrainArguments:
     )
     logging_steps: int = field(default=10, metadata={"help": "Log the loss terms every N steps."})
     report_to: str = field(
-        default="all", metadata={"help": "Trackers for accelerate ('all' = every installed one, 'none' = off)."}
+        default="none",
+        metadata={"help": "Trackers for accelerate: 'none' (the default, as in transformers 5: no tracker, no warning "
+                  "when none is installed), 'all' (every installed one) or names such as 'tensorboard,wandb'."},
     )
     push_to_hub: bool = field(default=False, metadata={"help": "Push model, processor and card when done."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Repository id for --push_to_hub."})
