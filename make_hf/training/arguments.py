@@ -1,9 +1,22 @@
 """Every knob of MAKE pre-training, with its default, in one visible place."""
 
+import os
 from dataclasses import dataclass, field
 
 DEFAULT_MAX_TRAIN_STEPS = 300
 """The length of a run given neither --max_train_steps nor --num_train_epochs."""
+
+
+def default_output_dir(model: str, dataset: str) -> str:
+    """`outputs/<model>-<dataset name>`: a preset or dataset keyword as given, a file, folder or hub id by its last
+    path component (without a file extension)."""
+
+    def name(value: str) -> str:
+        base = os.path.basename(os.path.normpath(value))
+        stem, extension = os.path.splitext(base)
+        return stem if extension.lower() in (".json", ".jsonl", ".csv", ".tsv", ".parquet") else base
+
+    return os.path.join("outputs", f"{name(model)}-{name(dataset)}")
 
 
 @dataclass
@@ -78,7 +91,12 @@ class PretrainArguments:
     )
 
     # Optimisation
-    output_dir: str = field(default="outputs/make-small-synthetic", metadata={"help": "Where everything is written."})
+    output_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where everything is written. Default: outputs/<model>-<dataset name> (e.g. "
+                  "outputs/make-small-synthetic, outputs/make-base-my_logs for --dataset data/my_logs.jsonl), so "
+                  "runs on other models or data do not overwrite each other."},
+    )
     seed: int = field(default=42, metadata={"help": "Seed for initialisation, data order and dropout."})
     per_device_train_batch_size: int = field(
         default=64,
@@ -136,6 +154,8 @@ class PretrainArguments:
     hub_private: bool = field(default=False, metadata={"help": "Create the hub repository as private."})
 
     def __post_init__(self):
+        if self.output_dir is None:
+            self.output_dir = default_output_dir(self.model, self.dataset)
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
@@ -158,4 +178,4 @@ class PretrainArguments:
             raise ValueError(f"--eval_steps must be 0 (no validation during training) or more, got {self.eval_steps}.")
 
 
-__all__ = ["PretrainArguments"]
+__all__ = ["PretrainArguments", "default_output_dir"]

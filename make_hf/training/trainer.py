@@ -22,7 +22,7 @@ from transformers import get_scheduler
 from ..data import MakeCollator, SkippedRows
 from ..evaluation import evaluate_retrieval, format_results
 from ..modeling_make import MakeOutput
-from .arguments import DEFAULT_MAX_TRAIN_STEPS, PretrainArguments
+from .arguments import DEFAULT_MAX_TRAIN_STEPS, PretrainArguments, default_output_dir
 from ..atomic import atomic_path, remove_interrupted_writes, staged_directory, write_json, write_text
 from .checkpoints import prune_checkpoints, remove_interrupted_checkpoints, resolve_resume_path
 from .optimization import create_optimizer
@@ -415,6 +415,8 @@ def _launch_command(args: PretrainArguments) -> str:
     for field in dataclasses.fields(args):
         value = getattr(args, field.name)
         if value == field.default or field.name in ("push_to_hub", "hub_model_id", "hub_private"):
+            continue
+        if field.name == "output_dir" and value == default_output_dir(args.model, args.dataset):
             continue
         if field.name == "max_train_steps" and value == DEFAULT_MAX_TRAIN_STEPS and args.num_train_epochs is None:
             continue  # the length of a run given neither, set by PretrainArguments itself
