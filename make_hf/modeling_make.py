@@ -976,16 +976,20 @@ class MakeModel(MakePreTrainedModel):
         if not share and title is None:
             title = copy.deepcopy(query) if isinstance(query, (PreTrainedModel, PreTrainedConfig)) else query
         query_model, query_pooling = cls._load_tower(query, "query", False, tower_kwargs)
-        if query_num_hidden_layers is not None:
-            query_model = _keep_evenly_spaced_layers(query_model, query_num_hidden_layers)
         title_model = None
         if not share:
-            title_model, title_pooling = cls._load_tower(title, "title", False, tower_kwargs)
+            if isinstance(title, (str, os.PathLike)) and os.fspath(title) == os.fspath(query):
+                # One checkpoint for both text towers: load it once (one download, one load report) and copy it.
+                title_model, title_pooling = copy.deepcopy(query_model), query_pooling
+            else:
+                title_model, title_pooling = cls._load_tower(title, "title", False, tower_kwargs)
             if query_pooling and title_pooling and query_pooling != title_pooling:
                 logger.warning(
                     f"The query checkpoint pools with {query_pooling!r} but the title checkpoint with "
                     f"{title_pooling!r}; MAKE uses one `text_pooling` ({query_pooling!r})."
                 )
+        if query_num_hidden_layers is not None:
+            query_model = _keep_evenly_spaced_layers(query_model, query_num_hidden_layers)
         vision_model, _ = cls._load_tower(vision, "vision", keep_vision_pooler, tower_kwargs)
         if vision_model.config.model_type == "timm_wrapper":
             # A timm CNN's last hidden state is a feature map; its own pooled features are what MAKE projects.

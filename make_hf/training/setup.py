@@ -2,9 +2,7 @@
 
 import copy
 import json
-import logging
 import os
-from contextlib import contextmanager
 
 from transformers import AutoConfig, AutoTokenizer
 
@@ -59,41 +57,14 @@ def build_model_and_processor(args: PretrainArguments, data, accelerator, resume
         # it (a timm tower's `pooler_output`). Another pooling, from the config file or the overrides, is kept.
         del fields["vision_pooling"]
     share = config.share_text_encoder
-    with _each_load_report_once():
-        model = MakeModel.from_towers(
-            query=text or config.query_config,
-            title=None if share else (text or config.title_config),
-            vision=vision or config.vision_config,
-            query_num_hidden_layers=args.query_num_hidden_layers if text is not None else None,
-            **fields,
-        )
+    model = MakeModel.from_towers(
+        query=text or config.query_config,
+        title=None if share else (text or config.title_config),
+        vision=vision or config.vision_config,
+        query_num_hidden_layers=args.query_num_hidden_layers if text is not None else None,
+        **fields,
+    )
     return model, processor
-
-
-class _OncePerMessage(logging.Filter):
-    def __init__(self):
-        super().__init__()
-        self.seen = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if message in self.seen:
-            return False
-        self.seen.add(message)
-        return True
-
-
-@contextmanager
-def _each_load_report_once():
-    """Let transformers log each distinct load report once: TEXT initialises the query tower and then, loaded a
-    second time, the title tower, and the same report (e.g. the pooler keys MAKE leaves out) would print twice."""
-    loading_logger = logging.getLogger("transformers.modeling_utils")
-    once = _OncePerMessage()
-    loading_logger.addFilter(once)
-    try:
-        yield
-    finally:
-        loading_logger.removeFilter(once)
 
 
 def _is_saved_model(name: str) -> bool:
