@@ -1,5 +1,7 @@
 """Parsed pre-training arguments: the default output folder follows the model and the data."""
 
+import os
+
 import pytest
 from transformers import HfArgumentParser
 
@@ -27,3 +29,28 @@ def test_the_launch_command_of_the_default_run_has_no_arguments():
 
     assert _launch_command(_parse()) == "accelerate launch examples/pretrain.py"
     assert _launch_command(_parse("--dataset", "a.csv")).endswith("--dataset a.csv")
+
+
+def test_a_single_cpu_process_under_accelerate_launch_uses_every_physical_core(monkeypatch):
+    """`accelerate launch` without --cpu sets OMP_NUM_THREADS=1, as for a GPU run; on a CPU-only machine that would
+    train on one core. An explicit --num_cpu_threads, several processes or a plain `python` run are left alone."""
+    import psutil
+    import torch
+
+    from make_hf.training.trainer import cpu_threads
+
+    physical = min(psutil.cpu_count(logical=False) or 1, len(os.sched_getaffinity(0)))
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "False")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert cpu_threads(None, num_processes=1) == physical
+    assert cpu_threads(3, num_processes=1) == 3
+    assert cpu_threads(None, num_processes=2) == torch.get_num_threads()
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")  # --cpu: accelerate chose the count itself
+    assert cpu_threads(None, num_processes=1) == torch.get_num_threads()
+    monkeypatch.delenv("ACCELERATE_USE_CPU")  # `python examples/pretrain.py`: the user's OMP_NUM_THREADS holds
+    assert cpu_threads(None, num_processes=1) == torch.get_num_threads()
+
+
+def test_num_cpu_threads_below_one_is_refused():
+    with pytest.raises(ValueError, match="--num_cpu_threads"):
+        _parse("--num_cpu_threads", "0")

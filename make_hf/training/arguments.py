@@ -126,6 +126,12 @@ class PretrainArguments:
         default=None, metadata={"help": "'no', 'fp16' or 'bf16'; default: what `accelerate launch` was given."}
     )
     activation_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
+    num_cpu_threads: int | None = field(
+        default=None,
+        metadata={"help": "Torch threads of a run on the CPU. Default: what the environment says (OMP_NUM_THREADS), "
+                  "except that a single CPU process under `accelerate launch` without --cpu, which accelerate gives "
+                  "one thread, uses every physical core."},
+    )
 
     # Evaluation, checkpoints, logging
     eval_steps: int = field(
@@ -156,6 +162,8 @@ class PretrainArguments:
     def __post_init__(self):
         if self.output_dir is None:
             self.output_dir = default_output_dir(self.model, self.dataset)
+        if self.num_cpu_threads is not None and self.num_cpu_threads < 1:
+            raise ValueError(f"--num_cpu_threads must be at least 1, got {self.num_cpu_threads}.")
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")

@@ -11,6 +11,7 @@ import math
 import os
 import time
 
+import psutil
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.logging import get_logger
@@ -49,6 +50,11 @@ def pretrain(args: PretrainArguments) -> dict:
     )
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. my-org/make-small).")
+    if accelerator.device.type == "cpu":
+        threads = cpu_threads(args.num_cpu_threads, accelerator.num_processes)
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+        logger.info(f"Training on the CPU with {torch.get_num_threads()} torch thread(s) per process.")
     set_seed(args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
     checkpoint_dir = os.path.join(args.output_dir, "checkpoints")
@@ -225,6 +231,19 @@ def _multi_process_without_gpu() -> bool:
     """`accelerate launch --multi_gpu --num_processes N` on a machine without GPUs: run N CPU processes over
     gloo. Accelerate would otherwise give each process a world of its own."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
+def cpu_threads(requested: int | None, num_processes: int) -> int:
+    """The torch threads a CPU run uses: `requested` (--num_cpu_threads) if given; every physical core for a single
+    process that `accelerate launch` started without --cpu, since accelerate then sets OMP_NUM_THREADS=1 as it does
+    for a GPU run, not as a choice (with --cpu or a config it computes a count itself); otherwise torch's own."""
+    if requested is not None:
+        return requested
+    launched_for_gpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() == "false"
+    if num_processes == 1 and launched_for_gpu and os.environ.get("OMP_NUM_THREADS") == "1":
+        physical = psutil.cpu_count(logical=False) or 1
+        return max(1, min(physical, len(os.sched_getaffinity(0))))
+    return torch.get_num_threads()
 
 
 def _warmup_steps(args: PretrainArguments, max_train_steps: int) -> int:
