@@ -117,15 +117,73 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def _damaged(folder: str, problem: str) -> ValueError:
+    """The error for an index folder whose files cannot be what `save` wrote: say which file and what to do."""
+    return ValueError(
+        f"{problem}: the index folder {folder!r} is damaged or was not written by `ProductIndex.save`. Rebuild the "
+        "index with `make-hf index` or `ProductIndex.save`."
+    )
+
+
 def _read_json(path: str, folder: str) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise _damaged(folder, f"{path} is not valid JSON ({error})") from None
+    except RecursionError:
+        raise _damaged(folder, f"{path} is nested too deeply to be a file `save` wrote") from None
+
+
+def _is_count(value: Any, least: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _check_config(config: Any, path: str, folder: str) -> dict:
+    """Refuse an `index_config.json` without the fields `load` reads, or with values `save` never writes."""
+    if not isinstance(config, dict):
+        raise _damaged(folder, f"{path} holds a JSON {type(config).__name__}, not an object")
+    version = config.get("format_version")
+    if not _is_count(version) or version not in (1, FORMAT_VERSION):
         raise ValueError(
-            f"{path} is not valid JSON ({error}): the index folder {folder!r} is damaged. Rebuild the index with "
-            "`make-hf index` or `ProductIndex.save`."
-        ) from None
+            f"{path} has format_version {version!r}; this make_hf reads versions 1 to {FORMAT_VERSION}. Rebuild the "
+            "index with this version (`make-hf index`)."
+        )
+    problems = [f"`{key}` is missing" for key in ("kind", "num_products") if key not in config]
+    if "kind" in config and config["kind"] not in INDEX_KINDS:
+        problems.append(f"`kind` is {config['kind']!r}, not one of {', '.join(INDEX_KINDS)}")
+    if "num_products" in config and not _is_count(config["num_products"]):
+        problems.append(f"`num_products` is {config['num_products']!r}, not a count")
+    if "dim" in config and not _is_count(config["dim"], 1):
+        problems.append(f"`dim` is {config['dim']!r}, not a positive integer")
+    for key in ("params", "metadata"):
+        if not isinstance(config.get(key, {}), dict):
+            problems.append(f"`{key}` is a JSON {type(config[key]).__name__}, not an object")
+    params = config.get("params") or {}
+    if isinstance(params, dict):
+        problems += [f"`params.{name}` is {value!r}, not a positive integer"
+                     for name, value in params.items() if not _is_count(value, 1)]
+    if problems:
+        raise _damaged(folder, f"{path} is not a valid index config ({'; '.join(problems)})")
+    return config
+
+
+def _read_index(faiss: Any, path: str, folder: str, config: Mapping[str, Any]) -> Any:
+    """Read `index.faiss` and check it is the kind, metric and dimension `index_config.json` describes."""
+    try:
+        index = faiss.read_index(path)
+    except (RuntimeError, MemoryError) as error:  # FAISS reports a truncated or foreign file as a RuntimeError
+        reason = str(error).rsplit("Error: ", 1)[-1].strip() or type(error).__name__  # drop FAISS's C++ location
+        raise _damaged(folder, f"{path} is not a readable FAISS index (truncated, or not FAISS: {reason})") from None
+    expected = {"flat": faiss.IndexFlatIP, "hnsw": faiss.IndexHNSWFlat, "ivfpq": faiss.IndexIVFPQ}[config["kind"]]
+    if not isinstance(index, expected) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise _damaged(
+            folder, f"{path} holds a FAISS {type(index).__name__}, but {CONFIG_FILE} says kind {config['kind']!r} "
+            f"({expected.__name__}, inner product)"
+        )
+    if config.get("dim", index.d) != index.d:
+        raise _damaged(folder, f"{path} holds {index.d}-dimensional vectors, but {CONFIG_FILE} says {config['dim']}")
+    return index
 
 
 def _check_manifest(folder: str, source: str, config: Mapping[str, Any]) -> None:
@@ -381,7 +439,9 @@ class ProductIndex:
         """Load an index written by `save`, with its ids, search parameters and metadata.
 
         Raises `ValueError` when the files do not belong together (sizes, checksums or vector counts differ from
-        what `index_config.json` recorded): such a folder would load and return wrong products. A folder whose save
+        what `index_config.json` recorded) or hold what `save` never writes (a truncated FAISS file, ids that are
+        not a list of unique strings, a config with a missing field or another kind than the FAISS file): such a
+        folder would load and return wrong products, or fail deep inside FAISS. A folder whose save
         was killed between its two renames loads as the complete old index."""
         faiss = _import_faiss()
         folder = os.fspath(folder)
@@ -395,24 +455,23 @@ class ProductIndex:
                 f"{folder!r} is not a saved ProductIndex: missing {', '.join(missing)}. Build one with "
                 "`make-hf index` or `ProductIndex.save`."
             )
-        config = _read_json(paths[CONFIG_FILE], folder)
-        version = config.get("format_version") if isinstance(config, dict) else None
-        if version not in (1, FORMAT_VERSION):
-            raise ValueError(
-                f"{paths[CONFIG_FILE]} has format_version {version!r}; this make_hf reads versions 1 to "
-                f"{FORMAT_VERSION}. Rebuild the index with this version."
-            )
-        if version >= 2:
+        config = _check_config(_read_json(paths[CONFIG_FILE], folder), paths[CONFIG_FILE], folder)
+        if config["format_version"] >= 2:
             _check_manifest(folder, source, config)
         product_ids = _read_json(paths[IDS_FILE], folder)
-        index = faiss.read_index(paths[INDEX_FILE])
+        if not isinstance(product_ids, list):
+            raise _damaged(folder, f"{paths[IDS_FILE]} holds a JSON {type(product_ids).__name__}, not a list of ids")
+        index = _read_index(faiss, paths[INDEX_FILE], folder, config)
         if index.ntotal != len(product_ids) or index.ntotal != config["num_products"]:
             raise ValueError(
                 f"{folder!r} is inconsistent: the FAISS index holds {index.ntotal} vectors, {IDS_FILE} "
                 f"{len(product_ids)} ids and {CONFIG_FILE} says {config['num_products']}. Rebuild the index."
             )
-        return cls(index, product_ids, config["kind"], params=config.get("params"), metadata=config.get("metadata"))
-
+        try:
+            return cls(index, product_ids, config["kind"], params=config.get("params"),
+                       metadata=config.get("metadata"))
+        except ValueError as error:  # an id or search parameter that `save` would never have written
+            raise _damaged(folder, f"{IDS_FILE} / {CONFIG_FILE} do not load ({str(error).rstrip('.')})") from None
 
 EMBEDDINGS_KEY = "product_embeds"
 MODAL_WEIGHTS_KEY = "modal_weights"
