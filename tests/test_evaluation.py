@@ -182,7 +182,7 @@ def test_exact_search_matches_brute_force(monkeypatch):
     queries, products = torch.randn(7, 8, generator=generator), torch.randn(50, 8, generator=generator)
     retrievable = torch.ones(50, dtype=torch.bool)
     retrievable[::3] = False
-    monkeypatch.setattr("make_hf.evaluation._SEARCH_ELEMENTS", 100)  # two queries per chunk
+    monkeypatch.setattr("make_hf.exhaustive_search._SEARCH_ELEMENTS", 100)  # two queries per chunk
     scores, indices = exact_search(queries, products, k=5, retrievable=retrievable)
     reference = queries @ products.T
     reference[:, ~retrievable] = -math.inf

@@ -233,6 +233,22 @@ def _type_problem(record: dict[str, Any], columns: dict[str, str | None]) -> str
     return None
 
 
+def read_records(path: str | os.PathLike) -> tuple[list[str], list[tuple[int, str, Any, str | None]]]:
+    """The header (CSV / TSV; empty for JSON) and rows of a JSONL / JSON / CSV / TSV file, read row by row with the
+    standard library: `(index, where, value, problem)` per row, `where` its place in the file (`line 3`), `value`
+    the parsed row (None when malformed), `problem` why it is malformed (else None).
+
+    The one reader of row files: training (`load_triples`) and evaluation files (`make_hf.evaluation_sets`) both
+    read through it. A file that cannot be read at all (empty, not UTF-8, a JSON document that does not parse) is
+    an error naming the file.
+    """
+    path = Path(path)
+    text = _decode(path)
+    if path.suffix.lower() in (".csv", ".tsv"):
+        return _csv_records(text, path)
+    return [], _json_records(text, path)
+
+
 def _read_text_file(path: Path, name: str, columns: dict[str, str | None], skipped: SkippedRows) -> datasets.Dataset:
     """Read a JSONL / JSON / CSV / TSV file with the standard library, row by row.
 
@@ -241,11 +257,7 @@ def _read_text_file(path: Path, name: str, columns: dict[str, str | None], skipp
     query, title or image is not a string is skipped (`wrong_type`), an integer product id becomes its decimal
     string, and the query, title, image and product id columns are always strings.
     """
-    text = _decode(path)
-    if path.suffix.lower() in (".csv", ".tsv"):
-        header, values = _csv_records(text, path)
-    else:
-        header, values = [], _json_records(text, path)
+    header, values = read_records(path)
     records, positions = [], []
     for index, where, record, problem in values:
         if problem is None and not isinstance(record, dict):
@@ -491,4 +503,4 @@ def load_triples(
     return result
 
 
-__all__ = ["SOURCE_ROW_COLUMN", "check_row", "derive_product_id", "load_triples"]
+__all__ = ["SOURCE_ROW_COLUMN", "check_row", "derive_product_id", "load_triples", "read_records"]

@@ -447,12 +447,18 @@ def _launch_command(args: PretrainArguments) -> str:
 
 
 def _save_model(model, processor, data, args) -> None:
-    """Model, processor and a card without results, written together into `output_dir` (staged, then moved)."""
+    """Model, processor, a card without results and the evaluation sets (for `make-hf evaluate --model
+    OUTPUT_DIR` to score the run again), written together into `output_dir` (staged, then moved)."""
+    from ..evaluation_sets import EVALUATION_SETS_FOLDER, save_evaluation_sets
+    from .sources import EVALUATION_SPLITS
+
     card = _model_card(model, data, args, None)
     with staged_directory(args.output_dir) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
         card.save(os.path.join(staging, "README.md"))
+        save_evaluation_sets(os.path.join(staging, EVALUATION_SETS_FOLDER),
+                             {split: getattr(data, split) for split in EVALUATION_SPLITS})
 
 
 def _write_outputs(model, data, args, results, history, evaluations) -> None:
