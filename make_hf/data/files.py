@@ -411,8 +411,10 @@ def _standardise(
     bad = [i for i, reason in enumerate(reasons) if reason is not None]
     if bad:
         details = data.with_format("arrow")["_skip_detail"].to_pylist()
+        # The row's place in the source, not in `data`: rows that did not parse are already gone from it.
+        positions = data.with_format("arrow")[SOURCE_ROW_COLUMN].to_pylist()
         for i in bad:
-            skipped.add(i, reasons[i], details[i], source=name)
+            skipped.add(positions[i], reasons[i], details[i], source=name)
         keep = [i for i, reason in enumerate(reasons) if reason is None]
         data = data.select(keep).flatten_indices()
     if data.num_rows == 0:
