@@ -31,16 +31,21 @@ Run `python examples/pretrain.py --help` for every option (defaults live in `mak
 """
 
 import logging
+import sys
 
 from transformers import HfArgumentParser
 
+from make_hf.hub import HubPushError
 from make_hf.training import PretrainArguments, pretrain
 
 
 def main(argv=None):
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     (args,) = HfArgumentParser(PretrainArguments).parse_args_into_dataclasses(args=argv)
-    pretrain(args)
+    try:
+        pretrain(args)
+    except HubPushError as error:  # the run is complete and saved; only its upload failed, and the error says why
+        sys.exit(f"pretrain: error: {error}")
 
 
 if __name__ == "__main__":

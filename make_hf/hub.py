@@ -36,8 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
+from huggingface_hub import constants as hub_constants
 from huggingface_hub.utils import filter_repo_objects
 
+from .hub_access import _is_network_failure
 from .modelcard import generate_model_card
 
 
@@ -73,6 +75,40 @@ CODE_MODULES = ("configuration_make", "modeling_make", "processing_make")
 _MODEL_AUTO_MAP = (("AutoConfig", "configuration_make", "MakeConfig"), ("AutoModel", "modeling_make", "MakeModel"))
 _PROCESSOR_AUTO_MAP = (("AutoProcessor", "processing_make", "MakeProcessor"),)
 _PROCESSOR_CONFIG_FILES = ("processor_config.json",)
+
+
+class HubPushError(OSError):
+    """A push that did not reach the Hub (refused, timed out, dropped half-way): no commit was made, so the repo
+    holds what it held before (at most, a new empty repo was created)."""
+
+
+def _sent_the_commit(error: BaseException) -> bool:
+    """Whether the request that failed was the commit itself, whose answer, not its effect, may be what was lost."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        try:
+            url = str(getattr(error, "request", None).url)
+        except (AttributeError, RuntimeError):  # httpx raises RuntimeError when an error carries no request
+            url = ""
+        if "/commit/" in url:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _push_failed(folder: Path, repo_id: str, endpoint: str | None, error: BaseException, retry: str) -> HubPushError:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if _sent_the_commit(error):
+        outcome = ("The connection dropped while the commit was sent: the repo holds either all of this upload or "
+                   "none of it (it is one commit); look at the repo, or push again, which is harmless.")
+    else:
+        outcome = "Nothing of this upload was committed."
+    return HubPushError(
+        f"Cannot push {str(folder)!r} to {repo_id!r}: the Hugging Face Hub at {endpoint or hub_constants.ENDPOINT} "
+        f"cannot be reached ({type(error).__name__}{': ' + reason if reason else ''}). {outcome} Check the network, "
+        f"proxy settings and HF_ENDPOINT (or --endpoint), then {retry}."
+    )
 
 
 def _package_module_file(module: str) -> Path:
@@ -209,12 +245,17 @@ def push_to_hub(
 
     Returns:
         The `huggingface_hub.CommitInfo` of the commit (`.oid`, `.commit_url`, `.pr_url`).
+
+    Raises:
+        HubPushError: the Hub could not be reached, or the connection dropped before the commit was made (the
+            upload is one commit, so nothing of it is in the repo).
     """
     if isinstance(folder_or_model, (str, os.PathLike)):
         return _push_folder(
             Path(folder_or_model), repo_id, model_card=model_card, evaluation=evaluation, card_kwargs=card_kwargs,
             commit_message=commit_message, commit_description=commit_description, private=private, token=token,
             create_pr=create_pr, endpoint=endpoint, ignore_patterns=ignore_patterns,
+            retry=f"push again (`make-hf push {folder_or_model} {repo_id}`)",
         )
     if not hasattr(folder_or_model, "save_pretrained"):
         raise TypeError(
@@ -231,13 +272,13 @@ def push_to_hub(
         return _push_folder(
             Path(folder), repo_id, model_card=model_card, evaluation=evaluation, card_kwargs=card_kwargs,
             commit_message=commit_message, commit_description=commit_description, private=private, token=token,
-            create_pr=create_pr, endpoint=endpoint, ignore_patterns=ignore_patterns,
+            create_pr=create_pr, endpoint=endpoint, ignore_patterns=ignore_patterns, retry="call `push_to_hub` again",
         )
 
 
 def _push_folder(
     folder: Path, repo_id: str, *, model_card, evaluation, card_kwargs, commit_message, commit_description, private,
-    token, create_pr, endpoint, ignore_patterns,
+    token, create_pr, endpoint, ignore_patterns, retry,
 ):
     if not folder.is_dir():
         raise FileNotFoundError(f"Model folder {str(folder)!r} does not exist; save the model there first.")
@@ -258,18 +299,23 @@ def _push_folder(
         contents["README.md"] = str(card).encode()
 
     api = HfApi(endpoint=endpoint, token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
     operations = [
         CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(value) if isinstance(value, Path) else value)
         for name, value in sorted(contents.items())
     ]
-    return api.create_commit(
-        repo_id,
-        operations,
-        commit_message=commit_message or "Upload MAKE model",
-        commit_description=commit_description,
-        create_pr=create_pr,
-    )
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        return api.create_commit(
+            repo_id,
+            operations,
+            commit_message=commit_message or "Upload MAKE model",
+            commit_description=commit_description,
+            create_pr=create_pr,
+        )
+    except Exception as error:
+        if not _is_network_failure(error):
+            raise
+        raise _push_failed(folder, repo_id, endpoint, error, retry) from error
 
 
 # --------------------------------------------------------------------------------------------------- CLI
@@ -321,6 +367,7 @@ def run_push(args: argparse.Namespace) -> int:
 
 __all__ = [
     "CODE_MODULES",
+    "HubPushError",
     "MODEL_REPO_FILES",
     "add_push_arguments",
     "files_to_upload",

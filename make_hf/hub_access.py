@@ -48,6 +48,7 @@ _NETWORK_ERROR_NAMES = {
     "TimeoutException",
     "NetworkError",
     "OfflineModeIsEnabled",
+    "RemoteProtocolError",  # httpx: the server closed the connection without answering (it went away mid-request)
 }
 _COMMIT_HASH = re.compile(r"^[0-9a-f]{40}$")
 
