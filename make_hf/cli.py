@@ -2,8 +2,8 @@
 pretrained image tower.
 
 ```
-make-hf encode   --model MODEL --catalogue products.jsonl --output products.safetensors
-make-hf index    --embeddings products.safetensors --output products-index --kind hnsw
+make-hf encode   --model MODEL --catalogue products.jsonl --output products-embeddings
+make-hf index    --embeddings products-embeddings --output products-index --kind hnsw
 make-hf search   --index products-index "red sneakers" "usb c charger"
 make-hf serve    --retriever shop-retriever --port 8000
 make-hf search   --url http://127.0.0.1:8000 "red sneakers"
@@ -67,27 +67,32 @@ def _load_model(path: str, device: str | None):
 
 
 def run_encode(args: argparse.Namespace) -> int:
-    from .evaluation import encode_products, read_rows
-    from .index import save_embeddings
+    from .catalogue_encoding import (
+        catalogue_fingerprint, current_process_group, encode_catalogue, encoding_manifest, model_fingerprint,
+    )
+    from .evaluation import read_rows
 
     products = read_rows(args.catalogue)
-    model, processor = _load_model(args.model, args.device)
-    encoded = encode_products(
-        model, processor, products, conditions=(args.condition,), batch_size=args.batch_size,
-        show_progress=not args.quiet,
-    )
-    keep = encoded.retrievable[args.condition]
-    ids = [pid for pid, ok in zip(encoded.product_ids, keep.tolist()) if ok]
-    weights = encoded.modal_weights[keep] if encoded.modal_weights is not None else None
-    skipped = len(encoded.product_ids) - len(ids)
+    group = current_process_group()
+    model, processor = _load_model(args.model, args.device or getattr(group, "device", None))
     # An absolute folder, so that `make-hf search` finds the model from any working directory.
     model_ref = os.path.abspath(args.model) if os.path.isdir(args.model) else args.model
-    metadata = {"model": model_ref, "condition": args.condition, "catalogue": os.path.abspath(args.catalogue),
-                "skipped_products": skipped}
-    save_embeddings(args.output, encoded.embeds[args.condition][keep], ids, modal_weights=weights, metadata=metadata)
-    note = f" ({skipped} without what condition {args.condition!r} needs were left out)" if skipped else ""
-    print(f"Encoded {len(ids)} products ({args.condition}, dim {encoded.embeds[args.condition].shape[1]}){note} "
-          f"-> {args.output}")
+    manifest = encoding_manifest(
+        catalogue=os.path.abspath(args.catalogue), catalogue_sha256=catalogue_fingerprint(args.catalogue),
+        num_rows=len(products), model=model_ref, model_fingerprint=model_fingerprint(model, processor),
+        condition=args.condition, shard_size=args.shard_size,
+    )
+    summary = encode_catalogue(
+        model, processor, products, args.output, manifest, batch_size=args.batch_size, overwrite=args.overwrite,
+        group=group, show_progress=not args.quiet and group.is_main_process, log=None if args.quiet else print,
+    )
+    if group.is_main_process:
+        skipped = summary.skipped_products
+        note = f" ({skipped} without what condition {args.condition!r} needs were left out)" if skipped else ""
+        print(f"Encoded {summary.num_products} products ({args.condition}, dim {summary.dim}){note} -> {args.output}")
+        kept = f", {len(summary.kept_shards)} kept from an earlier run" if summary.kept_shards else ""
+        print(f"Shards of {args.shard_size} rows: {len(summary.encoded_shards)} of {summary.num_shards} encoded now "
+              f"by {group.num_processes} process(es){kept}.")
     return 0
 
 
@@ -280,19 +285,28 @@ def build_parser() -> argparse.ArgumentParser:
                          help="model folder written by save_pretrained (with its processor), or a Hub id")
         sub.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
-    encode = command("encode", "Encode a product catalogue into an embeddings file (safetensors + product ids).")
+    encode = command("encode", "Encode a product catalogue into a folder of embedding shards (safetensors + product "
+                     "ids). Rerun it to finish a killed encode; run it under `accelerate launch --multi_gpu "
+                     "--num_processes N -m make_hf.cli encode ...` to share the shards among N processes.")
     model_arguments(encode)
     encode.add_argument("--catalogue", required=True,
                         help="JSONL/JSON/CSV/TSV/Parquet file with product_id, title, image (path relative to it)")
-    encode.add_argument("--output", required=True, help="embeddings file to write (.safetensors)")
+    encode.add_argument("--output", required=True,
+                        help="folder to write the shards and their manifest.json to (made if missing)")
     encode.add_argument("--condition", default="title+image", choices=_CONDITIONS,
                         help="what of each product to encode")
     encode.add_argument("--batch-size", type=int, default=64)
-    encode.add_argument("--quiet", action="store_true", help="no progress bar")
+    # make_hf.catalogue_encoding.DEFAULT_SHARD_SIZE, written out for the same reason as _CONDITIONS.
+    encode.add_argument("--shard-size", type=int, default=10_000,
+                        help="catalogue rows per shard: the unit dealt out to processes and redone after a kill")
+    encode.add_argument("--overwrite", action="store_true",
+                        help="delete the shards of a different encode in --output instead of refusing to mix them")
+    encode.add_argument("--quiet", action="store_true", help="no progress bar and no line per shard")
     encode.set_defaults(run=run_encode)
 
     index = command("index", "Build a FAISS product index from an embeddings file and save it to a folder.")
-    index.add_argument("--embeddings", required=True, help="file written by `make-hf encode`")
+    index.add_argument("--embeddings", required=True,
+                       help="folder written by `make-hf encode` (or a file of make_hf.index.save_embeddings)")
     index.add_argument("--output", required=True, help="folder to save the index in")
     index.add_argument("--kind", default="hnsw", choices=_INDEX_KINDS)
     index.add_argument("--hnsw-m", type=int, default=32, help="HNSW graph degree")

@@ -516,10 +516,15 @@ def save_embeddings(
 
 
 def load_embeddings(path: str | os.PathLike) -> ProductEmbeddings:
-    """Read a file written by `save_embeddings` (or `make-hf encode`)."""
+    """Read a file written by `save_embeddings`, or a folder of shards written by `make-hf encode`
+    (`make_hf.catalogue_encoding.load_encoded_catalogue`)."""
     from safetensors import safe_open
 
     path = os.fspath(path)
+    if os.path.isdir(path):
+        from .catalogue_encoding import load_encoded_catalogue
+
+        return load_encoded_catalogue(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No embeddings file at {path!r}; write one with `make-hf encode`.")
     try:
