@@ -16,20 +16,15 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import logging
 
+from .loss_terms import LOSS_TERMS, LOSS_WEIGHT_NAMES, check_loss_fields
+
 
 logger = logging.get_logger(__name__)
 
 TEXT_POOLING_MODES = ("mean", "cls")
 VISION_POOLING_MODES = ("cls", "mean", "pooler")
 FUSION_MODES = ("modal_adaptation", "mean", "title", "image")
-LOSS_WEIGHT_NAMES = (
-    "query_product_loss_weight",
-    "title_image_loss_weight",
-    "query_title_loss_weight",
-    "query_keyword_loss_weight",
-    "query_image_loss_weight",
-    "keyword_title_loss_weight",
-)
+_DEFAULT_WEIGHTS = {term.weight_name: term.default_weight for term in LOSS_TERMS}
 
 # Tower sizes per preset size. Text towers are BERT, the image tower is ViT.
 _TOWER_SIZES = {
@@ -161,12 +156,7 @@ class MakeConfig(PreTrainedConfig):
         false_negative_masking (`bool`, defaults to `False`):
             (ours) Remove from the query-side softmax the batch products, other than the positives, whose keyword
             terms cover every query term. Needs `query_term_ids` and `keyword_term_ids` in the batch.
-        query_product_loss_weight (`float`, defaults to 1.0): weight of the main query <-> product loss.
-        title_image_loss_weight (`float`, defaults to 0.5): (ours) weight of the title <-> image loss.
-        query_title_loss_weight (`float`, defaults to 0.25): (ours) weight of the query <-> title loss.
-        query_image_loss_weight (`float`, defaults to 0.25): (ours) weight of the query <-> image loss.
-        keyword_title_loss_weight (`float`, defaults to 0.5): (ours) weight of the keywords -> title loss.
-        query_keyword_loss_weight (`float`, defaults to 0.5): (ours) weight of the covering query <-> keywords loss.
+        {loss_weights}: one weight per loss term of `make_hf.loss_terms.LOSS_TERMS` (listed from the table).
         logit_scale_init_value (`float`, defaults to 2.6592):
             Initial value of the learnable log logit scale, `log(1 / 0.07)` as in CLIP; shared by all losses.
         logit_scale_max (`float`, defaults to 100.0):
@@ -206,12 +196,13 @@ class MakeConfig(PreTrainedConfig):
     modal_adaptation_hidden_size: int | None = None
     keyword_enhancement: bool = True
     false_negative_masking: bool = False
-    query_product_loss_weight: float = 1.0
-    title_image_loss_weight: float = 0.5
-    query_title_loss_weight: float = 0.25
-    query_image_loss_weight: float = 0.25
-    keyword_title_loss_weight: float = 0.5
-    query_keyword_loss_weight: float = 0.5
+    # One weight per row of LOSS_TERMS, defaults from the table (written out: dataclass fields cannot be generated).
+    query_product_loss_weight: float = _DEFAULT_WEIGHTS["query_product_loss_weight"]
+    title_image_loss_weight: float = _DEFAULT_WEIGHTS["title_image_loss_weight"]
+    query_title_loss_weight: float = _DEFAULT_WEIGHTS["query_title_loss_weight"]
+    query_image_loss_weight: float = _DEFAULT_WEIGHTS["query_image_loss_weight"]
+    keyword_title_loss_weight: float = _DEFAULT_WEIGHTS["keyword_title_loss_weight"]
+    query_keyword_loss_weight: float = _DEFAULT_WEIGHTS["query_keyword_loss_weight"]
     logit_scale_init_value: float = 2.6592
     logit_scale_max: float = 100.0
     initializer_factor: float = 1.0
@@ -389,6 +380,16 @@ class MakeConfig(PreTrainedConfig):
         return cls(**fields)
 
 
+check_loss_fields(MakeConfig, "weight_name")
+MakeConfig.__doc__ = MakeConfig.__doc__.replace(
+    "        {loss_weights}: one weight per loss term of `make_hf.loss_terms.LOSS_TERMS` (listed from the table).",
+    "\n".join(
+        f"        {term.weight_name} (`float`, defaults to {term.default_weight:g}): "
+        + ("" if term.name == "query_product_loss" else "(ours) ")
+        + f"weight of the {term.label} loss. {term.description}"
+        for term in LOSS_TERMS
+    ),
+)
 MakeConfig.register_for_auto_class()
 
 __all__ = ["MakeConfig", "PRESET_NAMES"]

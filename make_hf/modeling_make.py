@@ -13,25 +13,23 @@ keywords -> query encoder -> pool -> proj -> k --------------------------------'
 ```
 """
 
-import copy
 import functools
 import inspect
-import json
 import math
-import os
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput, cached_file, logging
+from transformers.utils import ModelOutput, logging
 
 from .configuration_make import MakeConfig
 from .hub_access import hub_access
-from .losses import keyword_coverage, masked_logit_fill_value, multi_positive_info_nce, positive_mask_from_ids
+from .loss_terms import LOSS_TERMS, check_loss_fields
+from .losses import MakeLossOutput, make_loss, masked_logit_fill_value
+from .tower_loading import TowerSpec, compose_towers, tower_from_config, without_pooler
 
 
 logger = logging.get_logger(__name__)
@@ -45,19 +43,7 @@ class MakeOutput(ModelOutput):
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*):
             Weighted sum of the loss terms that the inputs allow (see `MakeConfig.*_loss_weight`).
-        query_product_loss (`torch.FloatTensor` of shape `()`, *optional*):
-            Symmetric InfoNCE between queries and fused products (the main objective).
-        title_image_loss (`torch.FloatTensor` of shape `()`, *optional*):
-            Symmetric InfoNCE between titles and images of products that have both.
-        query_title_loss (`torch.FloatTensor` of shape `()`, *optional*):
-            Symmetric InfoNCE between queries and titles.
-        query_image_loss (`torch.FloatTensor` of shape `()`, *optional*):
-            Symmetric InfoNCE between queries and images.
-        keyword_title_loss (`torch.FloatTensor` of shape `()`, *optional*):
-            InfoNCE from keywords (query encoder) to titles (`k->t`).
-        query_keyword_loss (`torch.FloatTensor` of shape `()`, *optional*):
-            Symmetric InfoNCE between queries and keywords, positives being the pairs whose keyword terms cover every
-            query term.
+        {loss_terms}: one field per row of `make_hf.loss_terms.LOSS_TERMS`, in its order (listed from the table).
         query_embeds, title_embeds, image_embeds, product_embeds, keyword_embeds
             (`torch.FloatTensor` of shape `(batch_size, projection_dim)`, *optional*):
             L2-normalised embeddings. Rows without a title (image) hold an unused title (image) embedding; rows without
@@ -89,6 +75,17 @@ class MakeOutput(ModelOutput):
     logits_per_product: torch.FloatTensor | None = None
     modal_weights: torch.FloatTensor | None = None
     masked_negatives: torch.FloatTensor | None = None
+
+
+# One `*_loss` field per row of LOSS_TERMS, in its order (written out above: dataclass fields cannot be generated).
+check_loss_fields(MakeOutput, "name")
+MakeOutput.__doc__ = MakeOutput.__doc__.replace(
+    "        {loss_terms}: one field per row of `make_hf.loss_terms.LOSS_TERMS`, in its order (listed from the table).",
+    "\n".join(
+        f"        {term.name} (`torch.FloatTensor` of shape `()`, *optional*):\n            {term.description}"
+        for term in LOSS_TERMS
+    ),
+)
 
 
 @dataclass
@@ -242,74 +239,6 @@ def fuse_title_and_image(
     return product, weights
 
 
-def _model_class_accepts(config: PreTrainedConfig, argument: str) -> bool:
-    """Whether the class that `AutoModel` builds for `config` takes `argument` in its `__init__`."""
-    try:
-        model_class = AutoModel._model_mapping[type(config)]
-    except (KeyError, ValueError):
-        return False
-    return argument in inspect.signature(model_class.__init__).parameters
-
-
-def _without_pooler(tower: PreTrainedModel) -> PreTrainedModel:
-    # Towers are pooled by MAKE itself; an unused pooler would hold parameters that never get a gradient.
-    if isinstance(getattr(tower, "pooler", None), nn.Module):
-        tower.pooler = None
-    return tower
-
-
-def _tower_from_config(config: PreTrainedConfig, keep_pooler: bool) -> PreTrainedModel:
-    kwargs = {}
-    if not keep_pooler and _model_class_accepts(config, "add_pooling_layer"):
-        kwargs["add_pooling_layer"] = False
-    tower = AutoModel.from_config(config, **kwargs)
-    return tower if keep_pooler else _without_pooler(tower)
-
-
-def _sentence_transformers_layout(name_or_path: str, **hub_kwargs) -> tuple[str, str | None]:
-    """
-    The sub-folder holding the transformer of a sentence-transformers checkpoint and its pooling mode.
-
-    Returns `("", None)` for a plain transformers checkpoint.
-    """
-    try:
-        modules_file = cached_file(
-            name_or_path,
-            "modules.json",
-            _raise_exceptions_for_missing_entries=False,
-            _raise_exceptions_for_connection_errors=False,
-            **hub_kwargs,
-        )
-    except (OSError, ValueError):
-        modules_file = None
-    if modules_file is None:
-        return "", None
-    with open(modules_file, encoding="utf-8") as f:
-        modules = json.load(f)
-    subfolder, pooling = "", None
-    for module in modules:
-        kind = module.get("type", "")
-        if kind.endswith("models.Transformer"):
-            subfolder = module.get("path", "")
-        elif kind.endswith("models.Pooling"):
-            try:
-                pooling_file = cached_file(name_or_path, f"{module['path']}/config.json", **hub_kwargs)
-                with open(pooling_file, encoding="utf-8") as f:
-                    pooling_config = json.load(f)
-            except (OSError, ValueError, KeyError):
-                continue
-            if pooling_config.get("pooling_mode_mean_tokens"):
-                pooling = "mean"
-            elif pooling_config.get("pooling_mode_cls_token"):
-                pooling = "cls"
-            else:
-                logger.warning(
-                    f"{name_or_path}: sentence-transformers pooling {pooling_config} is neither mean nor CLS; MAKE "
-                    "supports those two (`text_pooling`), using the MakeConfig default."
-                )
-    return subfolder, pooling
-
-
 class MakePreTrainedModel(PreTrainedModel):
     """Base class holding the capability flags and the weight initialisation of MAKE models."""
 
@@ -391,20 +320,20 @@ class MakeModel(MakePreTrainedModel):
 
         keep_vision_pooler = config.vision_pooling == "pooler"
         if query_model is not None:
-            self.query_model = _without_pooler(query_model)
+            self.query_model = without_pooler(query_model)
         else:
-            self.query_model = _tower_from_config(config.query_config, keep_pooler=False)
+            self.query_model = tower_from_config(config.query_config, keep_pooler=False)
         if config.share_text_encoder:
             # Titles are encoded by calling `query_model`; registering it a second time would make safetensors
             # refuse the shared tensors.
             self.title_model = None
         elif title_model is not None:
-            self.title_model = _without_pooler(title_model)
+            self.title_model = without_pooler(title_model)
         else:
-            self.title_model = _tower_from_config(config.title_config, keep_pooler=False)
+            self.title_model = tower_from_config(config.title_config, keep_pooler=False)
         if vision_model is None:
-            vision_model = _tower_from_config(config.vision_config, keep_pooler=keep_vision_pooler)
-        self.vision_model = vision_model if keep_vision_pooler else _without_pooler(vision_model)
+            vision_model = tower_from_config(config.vision_config, keep_pooler=keep_vision_pooler)
+        self.vision_model = vision_model if keep_vision_pooler else without_pooler(vision_model)
 
         # The towers read their own config objects; point them at the composite's so that edits stay in sync.
         towers = (
@@ -635,24 +564,16 @@ class MakeModel(MakePreTrainedModel):
         return MakeProductOutput(product_embeds=product_embeds, modal_weights=modal_weights)
 
     def _encode_product_parts(self, title_input_ids, title_attention_mask, pixel_values, image_mask, image_features):
-        image_input = image_features if image_features is not None else pixel_values
-        if title_input_ids is None and image_input is None:
+        product_parts = self._product_masks(title_input_ids, title_attention_mask, pixel_values, image_mask, image_features)
+        if product_parts is None:
             raise ValueError(
                 "A product needs `title_input_ids` or `pixel_values` / `image_features` (or both); got neither."
             )
-        batch_size = title_input_ids.shape[0] if title_input_ids is not None else image_input.shape[0]
-        device = title_input_ids.device if title_input_ids is not None else image_input.device
+        has_title, has_image = product_parts
         title_embeds = image_embeds = None
-        has_title = has_image = torch.zeros(batch_size, dtype=torch.bool, device=device)
         if title_input_ids is not None:
-            if title_attention_mask is None:
-                title_attention_mask = torch.ones_like(title_input_ids)
-            has_title = title_attention_mask.sum(dim=-1) > 0
             title_embeds = self.get_title_features(title_input_ids, title_attention_mask)
-        if image_input is not None:
-            has_image = (
-                torch.ones(batch_size, dtype=torch.bool, device=device) if image_mask is None else image_mask.bool()
-            )
+        if pixel_values is not None or image_features is not None:
             image_embeds = self.get_image_features(pixel_values, image_features=image_features)
         return title_embeds, image_embeds, has_title, has_image
 
@@ -712,75 +633,41 @@ class MakeModel(MakePreTrainedModel):
             keyword_term_ids=keyword_term_ids,
             product_ids=product_ids,
         )
-        query_embeds = keyword_embeds = product_embeds = modal_weights = None
-        title_embeds = image_embeds = has_title = has_image = has_query = has_keywords = None
+        masks = self.modality_masks(
+            query_input_ids=query_input_ids,
+            query_attention_mask=query_attention_mask,
+            title_input_ids=title_input_ids,
+            title_attention_mask=title_attention_mask,
+            pixel_values=pixel_values,
+            image_mask=image_mask,
+            image_features=image_features,
+            keyword_input_ids=keyword_input_ids,
+            keyword_attention_mask=keyword_attention_mask,
+            keyword_term_ids=keyword_term_ids,
+        )
+        embeds = dict.fromkeys(("query_embeds", "title_embeds", "image_embeds", "product_embeds", "keyword_embeds"))
+        modal_weights = None
         if query_input_ids is not None:
-            query_embeds = self.get_query_features(query_input_ids, query_attention_mask)
-            has_query = (
-                query_attention_mask.sum(dim=-1) > 0
-                if query_attention_mask is not None
-                else torch.ones(query_input_ids.shape[0], dtype=torch.bool, device=query_input_ids.device)
-            )
-        if title_input_ids is not None or pixel_values is not None or image_features is not None:
-            title_embeds, image_embeds, has_title, has_image = self._encode_product_parts(
+            embeds["query_embeds"] = self.get_query_features(query_input_ids, query_attention_mask)
+        if masks["has_product"] is not None:
+            title_embeds, image_embeds, _, _ = self._encode_product_parts(
                 title_input_ids, title_attention_mask, pixel_values, image_mask, image_features
             )
-            product_embeds, modal_weights = self._fuse(title_embeds, image_embeds, has_title, has_image)
-        if keyword_input_ids is not None and self.config.keyword_enhancement:
-            keyword_embeds = self.get_keyword_features(keyword_input_ids, keyword_attention_mask)
-            has_keywords = (
-                keyword_attention_mask.sum(dim=-1) > 0
-                if keyword_attention_mask is not None
-                else torch.ones(keyword_input_ids.shape[0], dtype=torch.bool, device=keyword_input_ids.device)
-            )
-            if keyword_term_ids is not None:
-                # A title with no salient term yields an empty keyword string: nothing to learn from it.
-                has_keywords = has_keywords & (keyword_term_ids != 0).any(dim=-1)
+            product_embeds, modal_weights = self._fuse(title_embeds, image_embeds, masks["has_title"], masks["has_image"])
+            embeds.update(title_embeds=title_embeds, image_embeds=image_embeds, product_embeds=product_embeds)
+        if masks["has_keywords"] is not None:
+            embeds["keyword_embeds"] = self.get_keyword_features(keyword_input_ids, keyword_attention_mask)
 
-        logit_scale = self.logit_scale.clamp(0, math.log(self.config.logit_scale_max)).exp()
-        losses, logits_per_query, logits_per_product, masked_negatives = {}, None, None, None
-        if return_loss is not False:
-            embeddings = {
-                "query": (query_embeds, has_query),
-                "title": (title_embeds, has_title),
-                "image": (image_embeds, has_image),
-                "product": (product_embeds, None if product_embeds is None else has_title | has_image),
-                "keyword": (keyword_embeds, has_keywords),
-            }
-            losses, logits_per_query, logits_per_product, masked_negatives = self._contrastive_losses(
-                embeddings, logit_scale, query_term_ids, keyword_term_ids, product_ids
-            )
-            if return_loss and not losses:
+        if return_loss is False:
+            losses = MakeLossOutput()
+        else:
+            losses = self.loss_from_embeddings(embeds, masks, query_term_ids, keyword_term_ids, product_ids)
+            if return_loss and losses.loss is None:
                 raise ValueError(
                     "`return_loss=True` but no loss term can be computed from the inputs: give `query_input_ids` "
                     "with `title_input_ids` and/or `pixel_values` (or other pairs with a positive loss weight)."
                 )
-        if logits_per_query is None and query_embeds is not None and product_embeds is not None:
-            logits_per_query = logit_scale * query_embeds @ product_embeds.t()
-            logits_per_product = logits_per_query.t()
-
-        loss = None
-        for name, value in losses.items():
-            weighted = getattr(self.config, f"{name}_weight") * value
-            loss = weighted if loss is None else loss + weighted
-        output = MakeOutput(
-            loss=loss,
-            query_product_loss=losses.get("query_product_loss"),
-            title_image_loss=losses.get("title_image_loss"),
-            query_title_loss=losses.get("query_title_loss"),
-            query_image_loss=losses.get("query_image_loss"),
-            keyword_title_loss=losses.get("keyword_title_loss"),
-            query_keyword_loss=losses.get("query_keyword_loss"),
-            query_embeds=query_embeds,
-            title_embeds=title_embeds,
-            image_embeds=image_embeds,
-            product_embeds=product_embeds,
-            keyword_embeds=keyword_embeds,
-            logits_per_query=logits_per_query,
-            logits_per_product=logits_per_product,
-            modal_weights=modal_weights,
-            masked_negatives=masked_negatives,
-        )
+        output = self.output_from_loss(embeds, losses, modal_weights)
         return output if return_dict is not False else output.to_tuple()
 
     @staticmethod
@@ -789,104 +676,110 @@ class MakeModel(MakePreTrainedModel):
         if len(set(sizes.values())) > 1:
             raise ValueError(f"All inputs must have the same batch size (first dimension); got {sizes}.")
 
-    def _contrastive_losses(self, embeddings, logit_scale, query_term_ids, keyword_term_ids, product_ids):
+    def modality_masks(
+        self,
+        query_input_ids: torch.LongTensor | None = None,
+        query_attention_mask: torch.LongTensor | None = None,
+        title_input_ids: torch.LongTensor | None = None,
+        title_attention_mask: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_mask: torch.LongTensor | None = None,
+        image_features: torch.FloatTensor | None = None,
+        keyword_input_ids: torch.LongTensor | None = None,
+        keyword_attention_mask: torch.LongTensor | None = None,
+        keyword_term_ids: torch.LongTensor | None = None,
+        **unused_batch_keys,
+    ) -> dict[str, torch.BoolTensor | None]:
         """
-        Every loss term the inputs and the config allow, computed as a local loss over the gathered global batch.
-
-        Rows are the local anchors, columns the candidates of the whole batch gathered from all processes (with
-        gradient). Each term divides its summed row losses by (rows with a positive in the global batch) / (world
-        size), so that the mean of the gradients over processes (DDP) equals the gradient of the single-process loss
-        on the concatenated batch.
+        Which rows of a batch (the inputs of `forward`) have each embedding that `forward` computes: `has_query`,
+        `has_title`, `has_image`, `has_product` (a title or an image) and `has_keywords` (keyword tokens and, when
+        given, a keyword term), each `(B,)` or None when that embedding is not computed. These are the masks of
+        [`~make_hf.losses.make_loss`]; they read only the inputs, not the encoders.
         """
-        config = self.config
-        term_inputs = {
-            "query_product_loss": ("query", "product"),
-            "title_image_loss": ("title", "image"),
-            "query_title_loss": ("query", "title"),
-            "query_image_loss": ("query", "image"),
-            "keyword_title_loss": ("keyword", "title"),
-            "query_keyword_loss": ("query", "keyword"),
-        }
-        coverage_available = query_term_ids is not None and keyword_term_ids is not None
-        active = {}
-        for name, (left, right) in term_inputs.items():
-            if getattr(config, f"{name}_weight") <= 0:
-                continue
-            if embeddings[left][0] is None or embeddings[right][0] is None:
-                continue
-            if name == "query_keyword_loss" and not coverage_available:
-                continue
-            active[name] = (left, right)
-        if not active:
-            return {}, None, None, None
+        masks = dict.fromkeys(("has_query", "has_title", "has_image", "has_product", "has_keywords"))
+        if query_input_ids is not None:
+            masks["has_query"] = self._rows_with_tokens(query_input_ids, query_attention_mask)
+        product_parts = self._product_masks(title_input_ids, title_attention_mask, pixel_values, image_mask, image_features)
+        if product_parts is not None:
+            masks["has_title"], masks["has_image"] = product_parts
+            masks["has_product"] = masks["has_title"] | masks["has_image"]
+        if keyword_input_ids is not None and self.config.keyword_enhancement:
+            has_keywords = self._rows_with_tokens(keyword_input_ids, keyword_attention_mask)
+            if keyword_term_ids is not None:
+                # A title with no salient term yields an empty keyword string: nothing to learn from it.
+                has_keywords = has_keywords & (keyword_term_ids != 0).any(dim=-1)
+            masks["has_keywords"] = has_keywords
+        return masks
 
-        # A fixed order: every process must issue the same collectives in the same sequence (set order is not
-        # stable across processes, string hashing is salted per interpreter).
-        used = sorted({kind for pair in active.values() for kind in pair})
-        reference = next(embeddings[kind][0] for kind in used)
-        batch = _GlobalBatch(reference.shape[0], reference.device)
-        local = {kind: embeddings[kind][0] for kind in used}
-        gathered = {kind: batch.gather(embeddings[kind][0], with_grad=True) for kind in used}
-        valid = {kind: batch.gather(embeddings[kind][1].long()).bool() for kind in used}
-        if product_ids is not None:
-            row_ids = batch.gather(product_ids)
-        else:
-            row_ids = torch.arange(batch.global_size, device=reference.device)
-        same_product = positive_mask_from_ids(row_ids, row_ids)
-        coverage = None
-        needs_coverage = "query_keyword_loss" in active or (
-            config.false_negative_masking and "query_product_loss" in active
+    @staticmethod
+    def _rows_with_tokens(input_ids, attention_mask):
+        if attention_mask is None:
+            return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        return attention_mask.sum(dim=-1) > 0
+
+    @staticmethod
+    def _product_masks(title_input_ids, title_attention_mask, pixel_values, image_mask, image_features):
+        """`(has_title, has_image)` of the products of a batch, or None when it holds neither titles nor images."""
+        image_input = image_features if image_features is not None else pixel_values
+        if title_input_ids is None and image_input is None:
+            return None
+        batch_size = title_input_ids.shape[0] if title_input_ids is not None else image_input.shape[0]
+        device = title_input_ids.device if title_input_ids is not None else image_input.device
+        has_title = has_image = torch.zeros(batch_size, dtype=torch.bool, device=device)
+        if title_input_ids is not None:
+            has_title = MakeModel._rows_with_tokens(title_input_ids, title_attention_mask)
+        if image_input is not None:
+            has_image = (
+                torch.ones(batch_size, dtype=torch.bool, device=device) if image_mask is None else image_mask.bool()
+            )
+        return has_title, has_image
+
+    def loss_from_embeddings(
+        self,
+        embeds: dict[str, torch.Tensor | None],
+        masks: dict[str, torch.Tensor | None],
+        query_term_ids: torch.LongTensor | None = None,
+        keyword_term_ids: torch.LongTensor | None = None,
+        product_ids: torch.LongTensor | None = None,
+    ) -> MakeLossOutput:
+        """
+        MAKE's loss ([`~make_hf.losses.make_loss`]) with this model's temperature, loss weights and false-negative
+        masking, on embeddings computed earlier: `embeds` maps `query_embeds`, ..., `keyword_embeds` (the `MakeOutput`
+        names) to `(B, projection_dim)` tensors or None, `masks` is [`~MakeModel.modality_masks`]. `forward` calls it;
+        so does GradCache, on embeddings it computed in chunks.
+        """
+        logit_scale = self.logit_scale.clamp(0, math.log(self.config.logit_scale_max)).exp()
+        return make_loss(
+            logit_scale=logit_scale,
+            weights={term.name: getattr(self.config, term.weight_name) for term in LOSS_TERMS},
+            **embeds,
+            **masks,
+            query_term_ids=query_term_ids,
+            keyword_term_ids=keyword_term_ids,
+            product_ids=product_ids,
+            false_negative_masking=self.config.false_negative_masking,
         )
-        if coverage_available and needs_coverage:
-            coverage = keyword_coverage(
-                batch.gather(query_term_ids, pad_last_dim=True), batch.gather(keyword_term_ids, pad_last_dim=True)
-            )
 
-        rows = batch.local_rows
-
-        def directional(anchor, candidate, positives, removed=None, logits=None):
-            positives = positives & valid[anchor][:, None] & valid[candidate][None, :]
-            num_rows = positives.any(dim=-1).sum()
-            if num_rows == 0:
-                return None, logits
-            candidates = valid[candidate][None, :].expand_as(positives)
-            if removed is not None:
-                candidates = candidates & ~removed
-            if logits is None:
-                logits = logit_scale * local[anchor] @ gathered[candidate].t()
-            loss = multi_positive_info_nce(
-                logits, positives[rows], candidates[rows], num_rows=num_rows.to(logits.dtype) / batch.world_size
-            )
-            return loss, logits
-
-        def symmetric(left, right, positives, removed=None):
-            forward_loss, forward_logits = directional(left, right, positives, removed)
-            backward_loss, backward_logits = directional(right, left, positives.t())
-            if forward_loss is None or backward_loss is None:
-                return None, forward_logits, backward_logits
-            return (forward_loss + backward_loss) / 2, forward_logits, backward_logits
-
-        losses, logits_per_query, logits_per_product, masked_negatives = {}, None, None, None
-        for name, (left, right) in active.items():
-            if name == "query_product_loss":
-                removed = None
-                if config.false_negative_masking and coverage is not None:
-                    removed = coverage & ~same_product
-                    counted = removed[rows] & valid["product"][None, :] & valid["query"][rows][:, None]
-                    query_rows = valid["query"][rows]
-                    masked_negatives = counted.sum(dim=-1)[query_rows].to(local["query"].dtype).mean()
-                    if not query_rows.any():
-                        masked_negatives = local["query"].new_zeros(())
-                value, logits_per_query, logits_per_product = symmetric(left, right, same_product, removed)
-            elif name == "keyword_title_loss":
-                value, _ = directional(left, right, same_product)
-            elif name == "query_keyword_loss":
-                value, _, _ = symmetric(left, right, coverage)
-            else:
-                value, _, _ = symmetric(left, right, same_product)
-            if value is not None:
-                losses[name] = value
-        return losses, logits_per_query, logits_per_product, masked_negatives
+    def output_from_loss(
+        self, embeds: dict[str, torch.Tensor | None], losses: MakeLossOutput, modal_weights: torch.Tensor | None = None
+    ) -> MakeOutput:
+        """The [`MakeOutput`] of `embeds` (as in [`~MakeModel.loss_from_embeddings`]) and their `losses`; without a
+        query-product term, the logits are those of the local queries and products."""
+        logits_per_query, logits_per_product = losses.logits_per_query, losses.logits_per_product
+        query_embeds, product_embeds = embeds.get("query_embeds"), embeds.get("product_embeds")
+        if logits_per_query is None and query_embeds is not None and product_embeds is not None:
+            logit_scale = self.logit_scale.clamp(0, math.log(self.config.logit_scale_max)).exp()
+            logits_per_query = logit_scale * query_embeds @ product_embeds.t()
+            logits_per_product = logits_per_query.t()
+        return MakeOutput(
+            loss=losses.loss,
+            **losses.terms,
+            **embeds,
+            logits_per_query=logits_per_query,
+            logits_per_product=logits_per_product,
+            modal_weights=modal_weights,
+            masked_negatives=losses.masked_negatives,
+        )
 
     # ------------------------------------------------------------------------------------------------ utilities
     def lock_image_tower(self) -> "MakeModel":
@@ -921,9 +814,9 @@ class MakeModel(MakePreTrainedModel):
     @classmethod
     def from_towers(
         cls,
-        query: str | os.PathLike | PreTrainedModel | PreTrainedConfig,
-        title: str | os.PathLike | PreTrainedModel | PreTrainedConfig | None = None,
-        vision: str | os.PathLike | PreTrainedModel | PreTrainedConfig | None = None,
+        query: TowerSpec,
+        title: TowerSpec | None = None,
+        vision: TowerSpec | None = None,
         tower_kwargs: dict | None = None,
         query_num_hidden_layers: int | None = None,
         **config_kwargs,
@@ -931,7 +824,7 @@ class MakeModel(MakePreTrainedModel):
         """
         Compose a MAKE model from existing encoder checkpoints, like
         `VisionTextDualEncoderModel.from_vision_text_pretrained`. Projections, Modal Adaptation and the logit scale
-        are new (randomly initialised); train before use.
+        are new (randomly initialised); train before use. The loading itself is `make_hf.tower_loading`.
 
         Args:
             query: the query encoder: a hub id or local folder (plain transformers or sentence-transformers layout,
@@ -962,97 +855,8 @@ class MakeModel(MakePreTrainedModel):
         ... )
         ```
         """
-        if vision is None:
-            raise ValueError(
-                "`vision` is required: pass an image encoder checkpoint (hub id or folder), a loaded model, or a "
-                "vision config such as `ViTConfig(...)` for a randomly initialised one."
-            )
-        share = config_kwargs.get("share_text_encoder", False)
-        if share and title is not None:
-            raise ValueError("`title` must be omitted with `share_text_encoder=True`: titles use the query encoder.")
-        tower_kwargs = dict(tower_kwargs or {})
-        keep_vision_pooler = config_kwargs.get("vision_pooling", "cls") == "pooler"
-
-        if not share and title is None:
-            title = copy.deepcopy(query) if isinstance(query, (PreTrainedModel, PreTrainedConfig)) else query
-        query_model, query_pooling = cls._load_tower(query, "query", False, tower_kwargs)
-        title_model = None
-        if not share:
-            if isinstance(title, (str, os.PathLike)) and os.fspath(title) == os.fspath(query):
-                # One checkpoint for both text towers: load it once (one download, one load report) and copy it.
-                title_model, title_pooling = copy.deepcopy(query_model), query_pooling
-            else:
-                title_model, title_pooling = cls._load_tower(title, "title", False, tower_kwargs)
-            if query_pooling and title_pooling and query_pooling != title_pooling:
-                logger.warning(
-                    f"The query checkpoint pools with {query_pooling!r} but the title checkpoint with "
-                    f"{title_pooling!r}; MAKE uses one `text_pooling` ({query_pooling!r})."
-                )
-        if query_num_hidden_layers is not None:
-            query_model = _keep_evenly_spaced_layers(query_model, query_num_hidden_layers)
-        vision_model, _ = cls._load_tower(vision, "vision", keep_vision_pooler, tower_kwargs)
-        if vision_model.config.model_type == "timm_wrapper":
-            # A timm CNN's last hidden state is a feature map; its own pooled features are what MAKE projects.
-            config_kwargs.setdefault("vision_pooling", "pooler")
-        if query_pooling is not None:
-            config_kwargs.setdefault("text_pooling", query_pooling)
-
-        # Copies: building the composite config resets the attention implementation of the sub-configs it is given.
-        config = MakeConfig(
-            query_config=copy.deepcopy(query_model.config),
-            title_config=None if share else copy.deepcopy(title_model.config),
-            vision_config=copy.deepcopy(vision_model.config),
-            **config_kwargs,
-        )
-        return cls(config, query_model=query_model, title_model=title_model, vision_model=vision_model)
-
-    @staticmethod
-    def _load_tower(spec, role, keep_pooler, tower_kwargs):
-        """Returns `(tower, pooling mode declared by a sentence-transformers checkpoint or None)`."""
-        if isinstance(spec, PreTrainedModel):
-            return (spec if keep_pooler else _without_pooler(spec)), None
-        if isinstance(spec, PreTrainedConfig):
-            return _tower_from_config(spec, keep_pooler), None
-        if not isinstance(spec, (str, os.PathLike)):
-            raise TypeError(
-                f"`{role}` must be a hub id or folder, a PreTrainedModel or a PreTrainedConfig; got {type(spec)}."
-            )
-        spec = str(spec)
-        hub_keys = ("revision", "cache_dir", "token", "local_files_only")
-        hub_kwargs = {key: value for key, value in tower_kwargs.items() if key in hub_keys}
-        subfolder, pooling = _sentence_transformers_layout(spec, **hub_kwargs)
-        if subfolder:
-            hub_kwargs["subfolder"] = subfolder
-        load_kwargs = dict(tower_kwargs)
-        if subfolder:
-            load_kwargs["subfolder"] = subfolder
-        config = AutoConfig.from_pretrained(spec, **hub_kwargs)
-        if not keep_pooler and _model_class_accepts(config, "add_pooling_layer"):
-            load_kwargs["add_pooling_layer"] = False
-        tower = AutoModel.from_pretrained(spec, config=config, **load_kwargs)
-        return (tower if keep_pooler else _without_pooler(tower)), pooling
-
-
-def _keep_evenly_spaced_layers(tower: PreTrainedModel, num_layers: int) -> PreTrainedModel:
-    """
-    Shorten a BERT-style text encoder (`tower.encoder.layer`) to `num_layers` evenly spaced layers, in place.
-
-    Layers `i * L // num_layers` are kept (0, 2, 4 of 6), the initialisation DistilBERT uses for a student half the
-    depth of its teacher; `config.num_hidden_layers` follows.
-    """
-    layers = getattr(getattr(tower, "encoder", None), "layer", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise ValueError(
-            f"Cannot shorten a {type(tower).__name__}: it has no `encoder.layer` list; leave "
-            "`query_num_hidden_layers` unset for this query encoder."
-        )
-    total = len(layers)
-    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not 1 <= num_layers <= total:
-        raise ValueError(f"`query_num_hidden_layers` must be an integer in [1, {total}], got {num_layers!r}.")
-    tower.encoder.layer = nn.ModuleList(layers[index * total // num_layers] for index in range(num_layers))
-    tower.config.num_hidden_layers = num_layers
-    return tower
-
+        config, towers = compose_towers(query, title, vision, tower_kwargs, query_num_hidden_layers, **config_kwargs)
+        return cls(config, **towers)
 
 def _word_embedding_name(model: nn.Module, tower: str) -> str:
     """The parameter name (`"<tower>.<path>.weight"`) of a text tower's input word-embedding matrix."""
@@ -1061,57 +865,6 @@ def _word_embedding_name(model: nn.Module, tower: str) -> str:
         if module is embeddings:
             return f"{tower}.{name}.weight"
     raise ValueError(f"`{tower}` has no input embedding module to tie; set `tie_word_embeddings=False`.")
-
-
-def _all_gather_autograd(tensor: torch.Tensor) -> torch.Tensor:
-    from torch.distributed import _functional_collectives as funcol
-
-    # `all_gather_single_autograd` is the current name (torch >= 2.10); older releases only have the `_tensor_` one.
-    gather = getattr(funcol, "all_gather_single_autograd", None) or funcol.all_gather_tensor_autograd
-    return gather(tensor.contiguous(), 0, dist.group.WORLD)
-
-
-class _GlobalBatch:
-    """
-    Where the local rows sit in the batch gathered from all processes, and the gather itself.
-
-    Batch sizes may differ between processes (last batch of an epoch): tensors are padded to the largest local batch,
-    gathered, and the padding rows dropped. At world size 1 nothing is communicated.
-    """
-
-    def __init__(self, local_size: int, device: torch.device):
-        self.world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        self.local_size = local_size
-        if self.world_size == 1:
-            self.sizes, self.rank = [local_size], 0
-        else:
-            self.rank = dist.get_rank()
-            sizes = _all_gather_autograd(torch.tensor([local_size], device=device))
-            self.sizes = [int(size) for size in sizes.tolist()]
-        self.max_size = max(self.sizes)
-        self.offset = sum(self.sizes[: self.rank])
-        self.global_size = sum(self.sizes)
-        self.local_rows = slice(self.offset, self.offset + local_size)
-        self._keep = None
-        if self.world_size > 1:
-            self._keep = torch.cat(
-                [torch.arange(size, device=device) + rank * self.max_size for rank, size in enumerate(self.sizes)]
-            )
-
-    def gather(self, tensor: torch.Tensor, with_grad: bool = False, pad_last_dim: bool = False) -> torch.Tensor:
-        """Concatenate `tensor` from all processes along dim 0 (with gradient if `with_grad`)."""
-        if self.world_size == 1:
-            return tensor
-        if pad_last_dim:
-            # Term-id tensors may have a different width on each process: pad them to the widest with 0 (padding).
-            width = _all_gather_autograd(torch.tensor([tensor.shape[-1]], device=tensor.device)).max().item()
-            tensor = F.pad(tensor, (0, width - tensor.shape[-1]))
-        if tensor.shape[0] < self.max_size:
-            padding = tensor.new_zeros((self.max_size - tensor.shape[0], *tensor.shape[1:]))
-            tensor = torch.cat([tensor, padding])
-        if not with_grad:
-            tensor = tensor.detach()
-        return _all_gather_autograd(tensor)[self._keep]
 
 
 MakeModel.register_for_auto_class("AutoModel")
