@@ -41,6 +41,8 @@ from .atomic import write_json
 _CONDITIONS = ("title+image", "title", "image")
 _INDEX_KINDS = ("flat", "hnsw", "ivfpq")
 _IMAGE_TOWER_VARIANTS = ("lite0", "lite1", "lite2")
+_EXPORT_FORMATS = ("onnx", "sentence-transformers")
+_EXPORT_QUANTIZE = ("int8",)
 
 
 def _device(name: str | None) -> str:
@@ -267,6 +269,23 @@ def run_convert_image_tower(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx, export_sentence_transformers
+
+    if not os.path.isdir(args.model):
+        raise FileNotFoundError(f"--model {args.model!r}: no such folder; pass a folder written by save_pretrained.")
+    if args.format == "sentence-transformers":
+        if args.quantize is not None:
+            raise ValueError("--quantize applies to --format onnx only; a SentenceTransformer export is fp32.")
+        export_sentence_transformers(args.model, args.output)
+        print(f"Exported the query tower of {args.model} as a SentenceTransformer -> {args.output}")
+        return 0
+    description = export_onnx(args.model, args.output, quantize=args.quantize)
+    files = ", ".join(entry["file"] for entry in description["files"].values())
+    print(f"Exported {args.model} to ONNX (checked against PyTorch) -> {args.output}: {files}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `make-hf` argument parser (one sub-command per task)."""
     parser = argparse.ArgumentParser(
@@ -384,6 +403,18 @@ def build_parser() -> argparse.ArgumentParser:
                          help="lite0 (224 px), lite1 (240 px) or lite2 (260 px)")
     convert.add_argument("--output", required=True, help="folder to write the tower to")
     convert.set_defaults(run=run_convert_image_tower)
+
+    export = command(
+        "export",
+        "Export a saved model for serving: ONNX query and product encoders (optionally an int8 query encoder), or "
+        "the query tower as a SentenceTransformer folder.",
+    )
+    export.add_argument("--model", required=True, help="model folder written by save_pretrained (with its processor)")
+    export.add_argument("--format", required=True, choices=_EXPORT_FORMATS)
+    export.add_argument("--quantize", default=None, choices=_EXPORT_QUANTIZE,
+                        help="also write an int8 query encoder (onnx only)")
+    export.add_argument("--output", required=True, help="folder to write (new, empty, or an earlier export)")
+    export.set_defaults(run=run_export)
     return parser
 
 
