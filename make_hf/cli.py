@@ -13,6 +13,7 @@ make-hf evaluate --model MODEL --dataset logs.jsonl
 make-hf evaluate --model outputs/my-shop --split test
 make-hf push     MODEL org/make-small
 make-hf convert-image-tower --variant lite0 --output efficientnet-lite0
+make-hf mine-negatives --model MODEL --dataset logs.jsonl --output logs-with-negatives.jsonl
 ```
 
 `MODEL` is a folder written by `save_pretrained` (model and processor) or a Hub id. A catalogue file is JSONL,
@@ -269,6 +270,28 @@ def run_convert_image_tower(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_mine_negatives(args: argparse.Namespace) -> int:
+    from .data import SkippedRows, load_triples
+    from .hard_negatives import mine_hard_negatives, write_rows_with_negatives
+
+    skipped = SkippedRows()
+    rows = load_triples(args.dataset, skipped=skipped)
+    if skipped:
+        print(skipped.report(), file=sys.stderr)
+    model, processor = _load_model(args.model, args.device)
+    mined = mine_hard_negatives(
+        model, processor, rows, num_negatives=args.num_negatives, top_k=args.top_k,
+        relative_margin=args.relative_margin, batch_size=args.batch_size, show_progress=not args.quiet,
+    )
+    write_rows_with_negatives(args.output, rows, mined.negatives)
+    counts = mined.counts
+    print(f"Mined {sum(map(len, mined.negatives))} hard negatives for {counts['rows_with_negatives']} of "
+          f"{counts['rows']} rows (of {counts['candidates']} candidates: {counts['dropped_positive']} positives, "
+          f"{counts['dropped_margin']} within the margin, {counts['dropped_keywords']} covered by keywords left "
+          f"out) -> {args.output}")
+    return 0
+
+
 def run_export(args: argparse.Namespace) -> int:
     from .export import export_onnx, export_sentence_transformers
 
@@ -415,6 +438,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write an int8 query encoder (onnx only)")
     export.add_argument("--output", required=True, help="folder to write (new, empty, or an earlier export)")
     export.set_defaults(run=run_export)
+
+    mine = command(
+        "mine-negatives",
+        "Add a `negatives` column to training rows: for each row, the products a trained model ranks highest for "
+        "its query that are not a positive of that query, score below the relative margin of the positive and "
+        "whose keywords do not cover the query (make_hf.hard_negatives).",
+    )
+    model_arguments(mine)
+    mine.add_argument("--dataset", required=True, help="training rows: JSONL/JSON/CSV/TSV/Parquet with query, "
+                      "product_id, title and/or image; its distinct products are the catalogue")
+    mine.add_argument("--output", required=True, help="the rows with their `negatives` column: .jsonl or .parquet")
+    mine.add_argument("--num-negatives", type=int, default=5, help="negatives kept per row")
+    mine.add_argument("--top-k", type=int, default=50, help="highest-scoring products looked at per query")
+    mine.add_argument("--relative-margin", type=float, default=0.05,
+                      help="keep a product only if its score <= positive score x (1 - margin)")
+    mine.add_argument("--batch-size", type=int, default=64, help="products per forward pass")
+    mine.add_argument("--quiet", action="store_true", help="no progress bars")
+    mine.set_defaults(run=run_mine_negatives)
     return parser
 
 
