@@ -37,7 +37,7 @@ import torch
 
 from .atomic import remove_interrupted_writes, write_json
 from .encoding import encode_product_rows
-from .index import ProductEmbeddings, load_embeddings, save_embeddings
+from .index import EMBEDDINGS_KEY, ProductEmbeddings, load_embeddings, save_embeddings
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = "make_hf.catalogue_encoding"
@@ -148,7 +148,8 @@ class EncodeSummary:
         num_shards: shards of the catalogue.
         encoded_shards: shards this run encoded (all processes together), in order.
         kept_shards: shards found complete from an earlier run and kept.
-        removed: temporary files of killed writes that were deleted.
+        removed: temporary files of killed writes that were deleted (the main process deletes them; empty on the
+            others).
     """
 
     num_products: int
@@ -220,15 +221,38 @@ def _prepare_folder(folder: str, expected: dict[str, Any], overwrite: bool) -> N
         _check_reusable(folder, existing, expected)
 
 
-def _shard_is_complete(folder: str, manifest: dict[str, Any], index: int) -> bool:
+def _shard_header(folder: str, manifest: dict[str, Any], index: int) -> dict[str, Any] | None:
+    """The header metadata of shard `index`, with its `num_products` and `dim`, read without its vectors; None if the
+    shard is missing, unreadable, or written by another encode."""
+    from safetensors import safe_open
+
     path = os.path.join(folder, shard_file(index, manifest["num_shards"]))
     if not os.path.isfile(path):
-        return False
+        return None
     try:
-        header = load_embeddings(path).metadata
-    except (ValueError, OSError):
-        return False
-    return header.get("encoding_id") == manifest["encoding_id"] and header.get("shard") == index
+        with safe_open(path, framework="pt") as f:
+            metadata = json.loads((f.metadata() or {})["metadata"])
+            num_products, dim = f.get_slice(EMBEDDINGS_KEY).get_shape()
+    except Exception:  # safetensors raises its own error type; a shard it cannot read is not complete
+        return None
+    if not isinstance(metadata, dict) or metadata.get("encoding_id") != manifest["encoding_id"]:
+        return None
+    if metadata.get("shard") != index:
+        return None
+    return {**metadata, "num_products": num_products, "dim": dim}
+
+
+def _complete_shards(folder: str, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The headers of all shards; `ValueError` naming the missing ones when some are missing."""
+    headers = [_shard_header(folder, manifest, index) for index in range(manifest["num_shards"])]
+    missing = [index for index, header in enumerate(headers) if header is None]
+    if missing:
+        raise ValueError(
+            f"{folder!r} is incomplete: shard(s) {', '.join(map(str, missing))} of {manifest['num_shards']} are "
+            "missing or written by another encode (an encode was killed or is still running). Rerun the same "
+            "`make-hf encode` command to encode only those."
+        )
+    return headers
 
 
 def _encode_shard(
@@ -318,7 +342,7 @@ def encode_catalogue(
         if _read_manifest(folder) is None:
             write_json(os.path.join(folder, MANIFEST_FILE), manifest)
     group.wait_for_everyone()
-    missing = [i for i in range(manifest["num_shards"]) if not _shard_is_complete(folder, manifest, i)]
+    missing = [i for i in range(manifest["num_shards"]) if _shard_header(folder, manifest, i) is None]
     # All processes have listed the missing shards before any writes one, so that they all deal out the same list.
     group.wait_for_everyone()
     for index in missing[group.process_index :: group.num_processes]:
@@ -327,11 +351,11 @@ def encode_catalogue(
         if log is not None:
             log(f"Process {group.process_index}: encoded shard {index} of {manifest['num_shards']} -> {path}")
     group.wait_for_everyone()
-    encoded = load_encoded_catalogue(folder)
+    headers = _complete_shards(folder, manifest)
     return EncodeSummary(
-        num_products=len(encoded.product_ids),
-        skipped_products=encoded.metadata["skipped_products"],
-        dim=encoded.product_embeds.shape[1],
+        num_products=sum(header["num_products"] for header in headers),
+        skipped_products=sum(len(header["skipped_product_ids"]) for header in headers),
+        dim=headers[0]["dim"],
         num_shards=manifest["num_shards"],
         encoded_shards=missing,
         kept_shards=[i for i in range(manifest["num_shards"]) if i not in set(missing)],
@@ -351,25 +375,9 @@ def load_encoded_catalogue(folder: str | os.PathLike) -> ProductEmbeddings:
             f"{folder!r} has no {MANIFEST_FILE}: it is not a folder written by `make-hf encode`; encode the "
             "catalogue with it."
         )
-    shards, missing = [], []
-    for index in range(manifest["num_shards"]):
-        path = os.path.join(folder, shard_file(index, manifest["num_shards"]))
-        if not os.path.isfile(path):
-            missing.append(index)
-            continue
-        shard = load_embeddings(path)
-        if shard.metadata.get("encoding_id") != manifest["encoding_id"] or shard.metadata.get("shard") != index:
-            raise ValueError(
-                f"{path!r} belongs to another encode than {os.path.join(folder, MANIFEST_FILE)!r}; rerun "
-                "`make-hf encode` with --overwrite to encode the catalogue afresh."
-            )
-        shards.append(shard)
-    if missing:
-        raise ValueError(
-            f"{folder!r} is incomplete: shard(s) {', '.join(map(str, missing))} of {manifest['num_shards']} are "
-            "missing (an encode was killed or is still running). Rerun the same `make-hf encode` command to encode "
-            "only those."
-        )
+    _complete_shards(folder, manifest)
+    shards = [load_embeddings(os.path.join(folder, shard_file(index, manifest["num_shards"])))
+              for index in range(manifest["num_shards"])]
     weights = [shard.modal_weights for shard in shards]
     metadata = {key: manifest[key] for key in ("model", "condition", "catalogue", "catalogue_sha256",
                                                 "model_fingerprint", "shard_size", "num_shards")}

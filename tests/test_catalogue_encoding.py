@@ -99,9 +99,10 @@ def two_process_encode(shop):
 
 def test_two_processes_write_what_one_process_writes(shop, two_process_encode, one_process_reference, capsys):
     output, log = two_process_encode
-    # The missing shards are dealt out in turn: process 0 takes 0 and 2, process 1 takes 1 and 3.
+    # The missing shards are dealt out in turn: process 0 takes 0 and 2, process 1 takes 1 and 3, once each.
     for shard, process in ((0, 0), (1, 1), (2, 0), (3, 1)):
         assert f"Process {process}: encoded shard {shard} of {NUM_SHARDS} ->" in log
+    assert log.count(": encoded shard ") == NUM_SHARDS
     assert log.count("Encoded 10 products (image, dim 32) (4 without what condition 'image' needs") == 1
 
     status, out, err = _encode(capsys, shop, shop / "one-process", "--quiet")
