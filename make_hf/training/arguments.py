@@ -126,6 +126,13 @@ class PretrainArguments:
         default=None, metadata={"help": "'no', 'fp16' or 'bf16'; default: what `accelerate launch` was given."}
     )
     activation_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
+    gradcache_chunk_size: int | None = field(
+        default=None,
+        metadata={"help": "GradCache (Gao et al. 2021): encode each micro-batch in chunks of this many rows, first "
+                  "without a graph for the full-batch loss, then chunk by chunk with the loss's embedding gradients, "
+                  "so the contrastive batch (and its negatives) can be larger than what fits in memory; costs a second "
+                  "encoder forward pass. Default: off (the whole micro-batch at once)."},
+    )
     num_cpu_threads: int | None = field(
         default=None,
         metadata={"help": "Torch threads of a run on the CPU. Default: what the environment says (OMP_NUM_THREADS), "
@@ -162,6 +169,11 @@ class PretrainArguments:
     def __post_init__(self):
         if self.output_dir is None:
             self.output_dir = default_output_dir(self.model, self.dataset)
+        if self.gradcache_chunk_size is not None and self.gradcache_chunk_size < 1:
+            raise ValueError(
+                f"--gradcache_chunk_size must be at least 1 (or left unset for no GradCache), got "
+                f"{self.gradcache_chunk_size}."
+            )
         if self.num_cpu_threads is not None and self.num_cpu_threads < 1:
             raise ValueError(f"--num_cpu_threads must be at least 1, got {self.num_cpu_threads}.")
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "eval_batch_size"):

@@ -25,7 +25,15 @@ from ..evaluation import evaluate_retrieval, format_results
 from ..modeling_make import MakeOutput
 from .arguments import DEFAULT_MAX_TRAIN_STEPS, PretrainArguments, default_output_dir
 from ..atomic import atomic_path, remove_interrupted_writes, staged_directory, write_json, write_text
-from .checkpoints import prune_checkpoints, remove_interrupted_checkpoints, resolve_resume_path
+from .checkpoints import (
+    explained_save_failure,
+    prune_checkpoints,
+    publish_checkpoint,
+    remove_interrupted_checkpoints,
+    resolve_resume_path,
+    staging_path,
+)
+from .gradcache import GradCache
 from .optimization import create_optimizer
 from .plots import plot_losses, plot_recall
 from .setup import build_model_and_processor
@@ -92,6 +100,9 @@ def pretrain(args: PretrainArguments) -> dict:
         )
     optimizer = create_optimizer(model, args.learning_rate, args.weight_decay)
     model, optimizer, train_dataloader = accelerator.prepare(model, optimizer, train_dataloader)
+    grad_cache = None
+    if args.gradcache_chunk_size:
+        grad_cache = GradCache.for_accelerator(accelerator, model, args.gradcache_chunk_size)
 
     # Counted on the prepared (per-process) loader; the last step of an epoch may have fewer micro-batches.
     steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
@@ -165,12 +176,16 @@ def pretrain(args: PretrainArguments) -> dict:
                     )
                 continue
             with accelerator.accumulate(model):
-                outputs = model(**batch, return_loss=True)
+                # GradCache: the loss of the whole batch now, the weight gradients after the finiteness check.
+                outputs = model(**batch, return_loss=True) if grad_cache is None else grad_cache.forward(batch)
                 local_terms = _local_loss_terms(accelerator, outputs, local_terms)
                 if accelerator.sync_gradients:  # the micro-batch whose optimizer.step() changes the weights
                     loss_terms, local_terms = accelerator.gather(local_terms[None]).cpu(), None
                     _refuse_non_finite_loss(loss_terms, completed_steps + 1, args)
-                accelerator.backward(outputs.loss)
+                if grad_cache is None:
+                    accelerator.backward(outputs.loss)
+                else:
+                    grad_cache.backward()
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 optimizer.step()
@@ -215,7 +230,8 @@ def pretrain(args: PretrainArguments) -> dict:
         unwrapped = accelerator.unwrap_model(model)
         unwrapped.eval()
         # Saved before the evaluation, which reads the test images for the first time and can fail on one of them.
-        _save_model(unwrapped, processor, data, args)
+        with explained_save_failure("the trained model", args.output_dir, checkpoint_dir):
+            _save_model(unwrapped, processor, data, args)
         results = _final_evaluation(unwrapped, processor, data, args, image_features)
         results["train_seconds"] = round(train_seconds, 1)
         results["steps"] = completed_steps
@@ -372,15 +388,19 @@ def _validate(accelerator, model, processor, data, args, step, image_features=No
 
 
 def _save_checkpoint(accelerator, processor, checkpoint_dir, step, history, evaluations, args) -> None:
-    path = os.path.join(checkpoint_dir, f"checkpoint-{step}")
-    accelerator.save_state(path)
+    staging = staging_path(checkpoint_dir, step)
+    with explained_save_failure(f"the checkpoint of step {step}", checkpoint_dir, checkpoint_dir, cleanup=staging):
+        accelerator.save_state(staging)
+        if accelerator.is_main_process:
+            processor.save_pretrained(os.path.join(staging, "processor"))
+            # Written last: a folder without it is an interrupted save and is never resumed from.
+            write_json(
+                os.path.join(staging, "trainer_state.json"),
+                {"step": step, "history": history, "evaluations": evaluations, "args": _tracker_config(args)},
+            )
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        processor.save_pretrained(os.path.join(path, "processor"))
-        # Written last: a folder without it is an interrupted save and is never resumed from.
-        write_json(
-            os.path.join(path, "trainer_state.json"),
-            {"step": step, "history": history, "evaluations": evaluations, "args": _tracker_config(args)},
-        )
+        publish_checkpoint(checkpoint_dir, step)
         prune_checkpoints(checkpoint_dir, args.checkpoints_total_limit)
     accelerator.wait_for_everyone()
 
