@@ -219,6 +219,7 @@ def test_two_processes_take_negatives_from_the_global_batch(tmp_path):
 
 
 def test_pretrain_with_gradcache_trains(tmp_path):
+    """With accumulation, activation checkpointing and the locked image tower's feature cache too."""
     out = str(tmp_path / "run")
     results = pretrain(
         PretrainArguments(
@@ -227,6 +228,9 @@ def test_pretrain_with_gradcache_trains(tmp_path):
             synthetic_products=96,
             per_device_train_batch_size=16,
             gradcache_chunk_size=6,
+            gradient_accumulation_steps=2,
+            activation_checkpointing=True,
+            lock_image_tower=True,
             max_train_steps=12,
             learning_rate=2e-3,
             warmup_steps=1,
