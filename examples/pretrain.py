@@ -37,6 +37,7 @@ from transformers import HfArgumentParser
 
 from make_hf.hub import HubPushError
 from make_hf.training import PretrainArguments, pretrain
+from make_hf.training.checkpoints import TrainingSaveError
 
 
 def main(argv=None):
@@ -44,7 +45,7 @@ def main(argv=None):
     (args,) = HfArgumentParser(PretrainArguments).parse_args_into_dataclasses(args=argv)
     try:
         pretrain(args)
-    except HubPushError as error:  # the run is complete and saved; only its upload failed, and the error says why
+    except (HubPushError, TrainingSaveError) as error:  # each says what is saved and how to go on
         sys.exit(f"pretrain: error: {error}")
 
 
