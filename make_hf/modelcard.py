@@ -37,8 +37,11 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .results_tables import markdown_table, warning_lines
+
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
-"""The Jinja template of the card's body (the Hub's own template format: `{{ card_data }}` is the YAML header)."""
+"""The Jinja template of the card's body (the Hub's own template format: `{{ card_data }}` is the YAML header). It
+holds every sentence of the card; this module computes the values it fills in and picks which texts apply."""
 
 LIBRARY_NAME = "transformers"
 PIPELINE_TAG = None
@@ -62,79 +65,25 @@ _METRIC_KEY = re.compile(r"(?:.*[_\-/. ])?(recall|mrr|ndcg)@(\d+)", re.IGNORECAS
 _METRIC_ORDER = {"recall": 0, "mrr": 1, "ndcg": 2}
 _METRIC_PRETTY = {"recall": "Recall", "mrr": "MRR", "ndcg": "NDCG"}
 
-# What each published preset is, how to train it and what that needs. Other presets get the generic text.
-PRESET_NOTES: dict[str, dict[str, str]] = {
-    "make-small": {
-        "summary": (
-            "`make-small` is the built-in default of make_hf: small BERT-style text towers and a small ViT, trained "
-            "from scratch on the embedded synthetic shop in minutes on a CPU. It is a demonstration and a "
-            "reproducible baseline, not a model for a real catalogue."
-        ),
-        "training_description": (
-            "Trained from scratch (no pretrained weights are needed) on the embedded synthetic shop: a "
-            "deterministic generator of products whose colour, pattern and shape only the image shows and whose "
-            "brand, material and size only the title states, with short queries that use colloquial words, "
-            "abbreviations, synonyms and typos. The WordPiece vocabulary is trained on the same corpus. The "
-            "pre-training script with no arguments trains exactly this model:"
-        ),
-        "training_command": "accelerate launch examples/pretrain.py",
-        "requirements": (
-            "A CPU and a few minutes (2 cores are enough), no GPU, no download: the data, the tokenizer and the "
-            "weights are all produced locally. Python 3.10+, torch 2.4+, transformers 5."
-        ),
-    },
-    "make-base": {
-        "summary": (
-            "`make-base` is the full-size MAKE configuration: BERT-base-sized query and title encoders (12 layers, "
-            "768 hidden) and a ViT-B/16 image encoder at 224 px. It is meant for real (query, title, image) logs of "
-            "a shop, or for the Emoji-CLDR-3D benchmark."
-        ),
-        "training_description": (
-            "Train on (user query, clicked or bought product title, product image) triples from search logs: a "
-            "JSONL/CSV/Parquet file with `query`, `title`, `image` (path relative to the file) and `product_id` "
-            "columns, a folder saved with `datasets`, or a Hub dataset. Start the towers from pretrained checkpoints "
-            "when you have them (`--init_from_towers TEXT VISION`, i.e. `MakeModel.from_towers`: a BERT-base text "
-            "encoder in your shop's language and a ViT-B/16; the ids below are examples), or from scratch with a "
-            "tokenizer trained on your titles (drop `--init_from_towers`). Several GPUs, mixed precision and "
-            "gradient accumulation are flags of the same script:"
-        ),
-        "training_command": (
-            "accelerate launch --multi_gpu --num_processes 8 --mixed_precision bf16 examples/pretrain.py \\\n"
-            "    --model make-base --dataset logs/train.jsonl --output_dir outputs/make-base \\\n"
-            "    --init_from_towers bert-base-uncased google/vit-base-patch16-224-in21k \\\n"
-            "    --per_device_train_batch_size 256 --max_train_steps 100000 \\\n"
-            "    --push_to_hub --hub_model_id org/make-base"
-        ),
-        "requirements": (
-            "GPUs: the three towers hold about 0.3 B parameters; in-batch negatives want large global batches "
-            "(thousands of triples across devices), so plan for several 40-80 GB GPUs and bf16. On a CPU it trains "
-            "(slowly) only for smoke tests. Data: hundreds of thousands to millions of logged triples, images at "
-            "224 px. Pretrained tower weights are optional and must be downloaded by you; make_hf never downloads "
-            "anything at run time."
-        ),
-    },
+PRESET_TRAINING_COMMANDS: dict[str, str] = {
+    "make-small": "accelerate launch examples/pretrain.py",
+    "make-base": (
+        "accelerate launch --multi_gpu --num_processes 8 --mixed_precision bf16 examples/pretrain.py \\\n"
+        "    --model make-base --dataset logs/train.jsonl --output_dir outputs/make-base \\\n"
+        "    --init_from_towers bert-base-uncased google/vit-base-patch16-224-in21k \\\n"
+        "    --per_device_train_batch_size 256 --max_train_steps 100000 \\\n"
+        "    --push_to_hub --hub_model_id org/make-base"
+    ),
 }
+"""How to train each published preset; the template holds what each preset is and what it needs. Other presets
+get the generic text and the plain pre-training command."""
 
 _PRESET_RECIPES = {"make-small": "synthetic"}
 """The `--dataset` a preset's summary says it was trained on (from scratch); a run on other data or from
 pretrained towers gets a summary of its own."""
 
-_DATASET_DESCRIPTIONS = {
-    "synthetic": "the embedded synthetic shop (`{name}`): a deterministic generator of products whose colour, "
-    "pattern and shape only the image shows and whose brand, material and size only the title states",
-    "emoji-en": "Emoji-CLDR-3D, English (`{name}`)",
-    "emoji-zh": "Emoji-CLDR-3D, Chinese (`{name}`)",
-}
-
-_GENERIC_NOTES = {
-    "summary": "A MAKE model for text-to-multimodal product retrieval, trained with make_hf.",
-    "training_description": "Trained with the make_hf pre-training script:",
-    "training_command": "accelerate launch examples/pretrain.py",
-    "requirements": (
-        "The towers' sizes above decide the hardware: the tiny and small presets train on a CPU, BERT-base-sized "
-        "towers want GPUs and large global batches."
-    ),
-}
+_KNOWN_DATASETS = ("synthetic", "emoji-en", "emoji-zh")
+"""The `--dataset` values the template describes by name; any other is the user's own data."""
 
 
 # --------------------------------------------------------------------------------------------------- the run
@@ -172,11 +121,21 @@ def describe_tower_initialisation(training_args: Mapping[str, Any]) -> str:
     return "all towers from scratch" if text == "text towers from scratch, image tower from scratch" else text
 
 
-def _run_notes(training_args: Mapping[str, Any], dataset_name: str, preset: str | None, notes: dict) -> dict:
-    """The summary and training text of a card written for a run: the data it trained on and how its towers
-    started, as its arguments say, so that a card never describes the built-in demo for another run."""
+def _card_texts(training_args: Mapping[str, Any] | None, preset: str | None) -> dict[str, Any]:
+    """Which of the template's texts the card uses: `card_preset` (the published preset whose description applies,
+    or None for the generic one), `summary_kind` and, for a card written for a run (its arguments hold `dataset`),
+    the data it trained on and how its towers started, so that a card never describes the built-in demo for
+    another run."""
+    card_preset = preset if preset in PRESET_TRAINING_COMMANDS else None
+    texts: dict[str, Any] = {
+        "card_preset": card_preset,
+        "summary_kind": card_preset or "generic",
+        "run": None,
+        "training_command": PRESET_TRAINING_COMMANDS.get(card_preset or "", "accelerate launch examples/pretrain.py"),
+    }
+    if not training_args or "dataset" not in training_args:
+        return texts
     dataset = str(training_args["dataset"])
-    data = _DATASET_DESCRIPTIONS.get(dataset, "the user's own data, `{name}`").format(name=dataset_name)
     towers = describe_tower_initialisation(training_args)
     command = ["accelerate launch examples/pretrain.py"]
     for name in ("model", "dataset", "init_from_towers", "init_image_tower"):
@@ -186,22 +145,13 @@ def _run_notes(training_args: Mapping[str, Any], dataset_name: str, preset: str 
             command.append(f"--{name} {value}")
     if training_args.get("lock_image_tower"):
         command.append("--lock_image_tower")
-    run = {
-        "training_description": f"Trained with the make_hf pre-training script on {data}. Tower initialisation: "
-        f"{towers}. The command (the run's arguments are listed below it):",
-        "training_command": " \\\n    ".join(command),
-    }
+    texts["run"] = {"data_kind": dataset if dataset in _KNOWN_DATASETS else "own", "towers": towers}
+    texts["training_command"] = " \\\n    ".join(command)
     if preset in _PRESET_RECIPES and (_PRESET_RECIPES[preset] != dataset or towers != "all towers from scratch"):
-        run["summary"] = (
-            f"A MAKE model for text-to-multimodal product retrieval (`{preset}` configuration), trained with "
-            f"make_hf on {dataset_name} ({towers})."
-        )
-    elif preset not in PRESET_NOTES:
-        run["summary"] = (
-            f"A MAKE model for text-to-multimodal product retrieval, trained with make_hf on {dataset_name} "
-            f"({towers})."
-        )
-    return {**notes, **run}
+        texts["summary_kind"] = "run_of_preset"
+    elif card_preset is None:
+        texts["summary_kind"] = "run"
+    return texts
 
 
 # --------------------------------------------------------------------------------------------------- config
@@ -277,15 +227,6 @@ def _format_count(count: int | None) -> str:
     return f"{count:,}"
 
 
-_FUSION = {
-    "modal_adaptation": "Modal Adaptation: per-product softmax weights over title and image, from an MLP on "
-    "`[t, v, t*v]`; a product missing a modality gets weight 1 on the other",
-    "mean": "mean of the title and image embeddings (no Modal Adaptation)",
-    "title": "title embedding only",
-    "image": "image embedding only",
-}
-
-
 def _template_variables(config: dict) -> dict:
     query, title, vision = (_sub_config(config, key) for key in ("query_config", "title_config", "vision_config"))
     shared = bool(config.get("share_text_encoder", False))
@@ -309,14 +250,9 @@ def _template_variables(config: dict) -> dict:
         "projection_dim": config.get("projection_dim", 256),
         "text_pooling": config.get("text_pooling", "mean"),
         "vision_pooling": config.get("vision_pooling", "cls"),
-        "fusion_description": _FUSION.get(config.get("fusion", "modal_adaptation"), str(config.get("fusion"))),
-        "keyword_description": (
-            "on: title keywords are encoded by the query encoder; losses keyword→title and query↔keyword "
-            "(on pairs whose keyword terms contain every query term)"
-            if keyword
-            else "off"
-        ),
-        "false_negative_masking": "on" if config.get("false_negative_masking", False) else "off",
+        "fusion": config.get("fusion", "modal_adaptation"),
+        "keyword_enhancement": keyword,
+        "false_negative_masking": bool(config.get("false_negative_masking", False)),
         "temperature": f"{math.exp(-logit_scale):.3g}",
         "logit_scale_max": config.get("logit_scale_max", 100.0),
         "loss_weights": ", ".join(f"{name} {value:g}" for name, value in used),
@@ -432,7 +368,8 @@ def is_breakdown(path: tuple[str, ...]) -> bool:
 
 
 def _evaluation_tables(groups) -> list[dict]:
-    """One table per condition (first path element; a single table when the groups are not nested)."""
+    """One Markdown table per condition (first path element; a single table when the groups are not nested),
+    rendered by `make_hf.results_tables.markdown_table` as the printed evaluation results are."""
     columns = []
     for _, metrics in groups:
         columns.extend(metric for metric in metrics if metric not in columns)
@@ -446,23 +383,20 @@ def _evaluation_tables(groups) -> list[dict]:
         tables.setdefault(title, []).append(
             [label] + [f"{metrics[column]:.3f}" if column in metrics else "-" for column in columns]
         )
-    return [
-        {"title": f"condition {title}" if title else None, "header": ["queries"] + header, "rows": rows}
-        for title, rows in tables.items()
-    ]
+    return [{"condition": title or None, "markdown": markdown_table(["queries", *header], rows)}
+            for title, rows in tables.items()]
 
 
-def _image_weight_lines(evaluation: Mapping) -> list[str]:
-    """The Modal Adaptation health metric of `make_hf.evaluation`: mean image weight, overall and per group."""
-    lines = []
-    if isinstance(evaluation.get("mean_image_weight"), (int, float)):
-        lines.append(f"all products with a title and an image: {evaluation['mean_image_weight']:.2f}")
+def _image_weights(evaluation: Mapping) -> dict[str, Any]:
+    """The Modal Adaptation health metric of `make_hf.evaluation`: the mean image weight over products with a title
+    and an image (`mean_image_weight`, or None) and per category group, else per category (`image_weight_groups`)."""
+    mean = evaluation.get("mean_image_weight")
+    groups: list[tuple[str, float]] = []
     for key in ("image_weight_by_category_group", "image_weight_by_category"):
         if isinstance(evaluation.get(key), Mapping):
-            lines.extend(f"{name}: {value:.2f}" for name, value in evaluation[key].items()
-                         if isinstance(value, (int, float)))
+            groups = [(str(name), value) for name, value in evaluation[key].items() if isinstance(value, (int, float))]
             break
-    return lines
+    return {"mean_image_weight": mean if isinstance(mean, (int, float)) else None, "image_weight_groups": groups}
 
 
 # --------------------------------------------------------------------------------------------------- the card
@@ -513,19 +447,17 @@ def generate_model_card(
         model_index_breakdowns: also put the breakdowns (per query bucket, per category group) in the
             `model-index`; by default it holds each condition's headline numbers, and the card's tables show all.
         template_path: another Jinja template (default: `make_hf/templates/model_card.md`).
-        **template_kwargs: overrides of any template variable (`summary`, `training_command`, `requirements`, ...).
+        **template_kwargs: overrides of any template variable (`summary`, `training_description`,
+            `training_command`, `requirements`, `evaluation_description`, `no_results_text`, ...).
 
     Returns:
         A `huggingface_hub.ModelCard`; `card.save(folder / "README.md")` writes it, `card.data` is its metadata.
     """
     config_dict = _config_dict(config)
-    notes = PRESET_NOTES.get(preset or "", _GENERIC_NOTES)
-    if training_args and "dataset" in training_args:
-        notes = _run_notes(training_args, dataset_name, preset, notes)
     name = model_id or preset or "make-model"
     dataset_type = dataset_id or re.sub(r"[^a-z0-9]+", "-", dataset_name.lower()).strip("-")
 
-    eval_results, tables, image_weights, sizes, warnings = None, [], [], "", []
+    eval_results, tables, image_weights, sizes, warnings = None, [], _image_weights({}), None, []
     if evaluation is not None:
         if isinstance(evaluation, (str, os.PathLike)):
             evaluation = _read_json(evaluation, "The evaluation file")
@@ -535,10 +467,10 @@ def generate_model_card(
             indexed, dataset_name=dataset_name, dataset_type=dataset_type, dataset_split=dataset_split
         )
         tables = _evaluation_tables(groups)
-        image_weights = _image_weight_lines(evaluation)
+        image_weights = _image_weights(evaluation)
         if isinstance(evaluation.get("num_queries"), int) and isinstance(evaluation.get("num_products"), int):
-            sizes = f" ({evaluation['num_queries']:,} queries, {evaluation['num_products']:,} products)"
-            from .metrics import small_catalogue_warnings
+            sizes = {"queries": f"{evaluation['num_queries']:,}", "products": f"{evaluation['num_products']:,}"}
+            from .metrics import small_catalogue_warnings  # imports torch, which `make-hf --help` does not need
 
             recall_ks = {int(metric.split("@")[1]) for _, metrics in groups for metric in metrics
                          if metric.startswith("recall@")}
@@ -558,26 +490,20 @@ def generate_model_card(
     )
     hyperparameters = [(str(key), _format_value(value)) for key, value in (training_args or {}).items()]
     variables = {
-        **notes,
+        **_card_texts(training_args, preset),
         **_template_variables(config_dict),
+        "preset": preset,
         "model_id": name,
         # Without a repo id the snippets load a local folder: a made-up hub id would point at someone else's repo.
         "repo_id": model_id or f"path/to/{name}",
         "num_parameters": _format_count(num_parameters),
         "hyperparameters": hyperparameters,
+        "dataset_name": dataset_name,
+        "dataset_split": dataset_split,
+        "evaluation_size": sizes,
         "evaluation_tables": tables,
-        "evaluation_description": (
-            f"Exact search over the `{dataset_name}` {dataset_split} set{sizes}. Conditions: the product vector "
-            "from title+image, the title only, or the image only; buckets split the queries by how their terms "
-            "appeared in training (seen phrasing, new combination of seen terms, a term seen only in titles)."
-        ),
-        "image_weights": image_weights,
-        "evaluation_warnings": warnings,
-        "no_results_text": (
-            "No evaluation was attached to this card. The pre-training script evaluates the checkpoint at the end "
-            "of training (Recall@1/5/10/50, MRR@10, NDCG@10 per condition and query bucket) and writes the numbers "
-            "here and into the `model-index` metadata."
-        ),
+        "evaluation_warnings": warning_lines(warnings),
+        **image_weights,
         **template_kwargs,
     }
     return ModelCard.from_template(card_data, template_path=str(template_path or TEMPLATE_PATH), **variables)
@@ -642,7 +568,7 @@ __all__ = [
     "DEFAULT_TAGS",
     "LIBRARY_NAME",
     "PIPELINE_TAG",
-    "PRESET_NOTES",
+    "PRESET_TRAINING_COMMANDS",
     "TEMPLATE_PATH",
     "describe_tower_initialisation",
     "eval_results_from_groups",

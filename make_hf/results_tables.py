@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .encoding import CONDITIONS
-
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A GitHub-flavoured Markdown table (no trailing newline); cells are written as given."""
@@ -28,6 +26,8 @@ def _metric_names(section: Mapping[str, Any]) -> list[str]:
 def format_results(results: Mapping[str, Any]) -> str:
     """Markdown tables of an `evaluate_retrieval` result: its size and small-catalogue warnings, the conditions,
     then buckets and category groups per condition, then the mean image weight per category."""
+    from .encoding import CONDITIONS  # imports torch; the model card renders tables without it
+
     conditions = [c for c in CONDITIONS if c in results]
     if not conditions:
         raise ValueError("`results` holds no condition; pass the dict `evaluate_retrieval` returned.")

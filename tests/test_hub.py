@@ -198,7 +198,8 @@ def test_a_training_output_is_pushed_by_allow_list(hub, tmp_path, capsys):
     capsys.readouterr()
     assert cli_main(["push", str(run), "org/make-run-cli", "--endpoint", hub.endpoint]) == 0
     left_out_message = capsys.readouterr().err
-    assert "checkpoints/, image_features/, logs/" in left_out_message and "training_history.json" in left_out_message
+    assert "checkpoints/, evaluation_sets/, image_features/, logs/" in left_out_message
+    assert "training_history.json" in left_out_message
 
     local = {path.relative_to(run).as_posix() for path in run.rglob("*") if path.is_file()}
     for repo_id in ("org/make-run", "org/make-run-cli"):
