@@ -5,10 +5,10 @@ the term ids and the product ids, and computes every term of `LOSS_TERMS` (see `
 and the weights allow, as a local loss over the batch gathered from all processes. `MakeModel.forward` calls it as
 transformers' CLIP calls `clip_loss`; GradCache calls it on cached embeddings.
 
-The building blocks score a matrix of similarity logits (rows: anchors, columns: candidates) with boolean masks that say which
-candidates are positives and which may appear in the softmax at all. The model builds the masks (multi-positive by
-`product_id`, missing modalities, keyword coverage, false-negative masking) and calls these functions; they know
-nothing about towers or processes, so they can be tested by hand.
+The building blocks score a matrix of similarity logits (rows: anchors, columns: candidates) with boolean masks that
+say which candidates are positives and which may appear in the softmax at all. `make_loss` builds the masks
+(multi-positive by `product_id`, missing modalities, keyword coverage, false-negative masking) and calls them; they
+know nothing about towers or processes, so they can be tested by hand.
 
 References:
     - InfoNCE: van den Oord et al., "Representation Learning with Contrastive Predictive Coding", 2018.
@@ -303,7 +303,9 @@ def make_loss(
         "query": query_embeds, "title": title_embeds, "image": image_embeds, "product": product_embeds,
         "keyword": keyword_embeds,
     }
-    masks = {"query": has_query, "title": has_title, "image": has_image, "product": has_product, "keyword": has_keywords}
+    masks = {
+        "query": has_query, "title": has_title, "image": has_image, "product": has_product, "keyword": has_keywords,
+    }
     for kind in EMBEDDING_KINDS:
         if local[kind] is not None and masks[kind] is None:
             raise ValueError(f"`make_loss` got `{kind}_embeds` without its mask; pass `has_{kind}` too.")

@@ -564,7 +564,9 @@ class MakeModel(MakePreTrainedModel):
         return MakeProductOutput(product_embeds=product_embeds, modal_weights=modal_weights)
 
     def _encode_product_parts(self, title_input_ids, title_attention_mask, pixel_values, image_mask, image_features):
-        product_parts = self._product_masks(title_input_ids, title_attention_mask, pixel_values, image_mask, image_features)
+        product_parts = self._product_masks(
+            title_input_ids, title_attention_mask, pixel_values, image_mask, image_features
+        )
         if product_parts is None:
             raise ValueError(
                 "A product needs `title_input_ids` or `pixel_values` / `image_features` (or both); got neither."
@@ -653,7 +655,9 @@ class MakeModel(MakePreTrainedModel):
             title_embeds, image_embeds, _, _ = self._encode_product_parts(
                 title_input_ids, title_attention_mask, pixel_values, image_mask, image_features
             )
-            product_embeds, modal_weights = self._fuse(title_embeds, image_embeds, masks["has_title"], masks["has_image"])
+            product_embeds, modal_weights = self._fuse(
+                title_embeds, image_embeds, masks["has_title"], masks["has_image"]
+            )
             embeds.update(title_embeds=title_embeds, image_embeds=image_embeds, product_embeds=product_embeds)
         if masks["has_keywords"] is not None:
             embeds["keyword_embeds"] = self.get_keyword_features(keyword_input_ids, keyword_attention_mask)
@@ -676,6 +680,7 @@ class MakeModel(MakePreTrainedModel):
         if len(set(sizes.values())) > 1:
             raise ValueError(f"All inputs must have the same batch size (first dimension); got {sizes}.")
 
+    @_accepts_batch_keys()
     def modality_masks(
         self,
         query_input_ids: torch.LongTensor | None = None,
@@ -688,18 +693,20 @@ class MakeModel(MakePreTrainedModel):
         keyword_input_ids: torch.LongTensor | None = None,
         keyword_attention_mask: torch.LongTensor | None = None,
         keyword_term_ids: torch.LongTensor | None = None,
-        **unused_batch_keys,
     ) -> dict[str, torch.BoolTensor | None]:
         """
         Which rows of a batch (the inputs of `forward`) have each embedding that `forward` computes: `has_query`,
         `has_title`, `has_image`, `has_product` (a title or an image) and `has_keywords` (keyword tokens and, when
         given, a keyword term), each `(B,)` or None when that embedding is not computed. These are the masks of
-        [`~make_hf.losses.make_loss`]; they read only the inputs, not the encoders.
+        [`~make_hf.losses.make_loss`]; they read only the inputs, not the encoders. Takes a batch unpacked
+        (`model.modality_masks(**batch)`); its other keys are ignored.
         """
         masks = dict.fromkeys(("has_query", "has_title", "has_image", "has_product", "has_keywords"))
         if query_input_ids is not None:
             masks["has_query"] = self._rows_with_tokens(query_input_ids, query_attention_mask)
-        product_parts = self._product_masks(title_input_ids, title_attention_mask, pixel_values, image_mask, image_features)
+        product_parts = self._product_masks(
+            title_input_ids, title_attention_mask, pixel_values, image_mask, image_features
+        )
         if product_parts is not None:
             masks["has_title"], masks["has_image"] = product_parts
             masks["has_product"] = masks["has_title"] | masks["has_image"]
