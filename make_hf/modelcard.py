@@ -95,30 +95,26 @@ def _checkpoint_name(checkpoint: str) -> str:
     return os.path.basename(os.path.normpath(checkpoint)) if os.path.exists(checkpoint) else checkpoint
 
 
-def describe_tower_initialisation(training_args: Mapping[str, Any]) -> str:
-    """How a run's towers started and whether the image tower trained, from the pre-training arguments
-    (`model`, `init_from_towers`, `init_image_tower`, `lock_image_tower`)."""
+def tower_initialisation(training_args: Mapping[str, Any]) -> dict[str, Any]:
+    """How a run's towers started, from the pre-training arguments (`model`, `init_from_towers`,
+    `init_image_tower`, `lock_image_tower`): `text_checkpoint` (the query and title towers' checkpoint), `model` (a
+    saved model every tower came from, when no text checkpoint was given), `image_checkpoint`, `locked` (the image
+    tower was frozen) and `from_scratch` (all of them None / False). The template puts it in words."""
     towers = training_args.get("init_from_towers") or []
     towers = [towers] if isinstance(towers, str) else list(towers)
     image = towers[1] if len(towers) > 1 else training_args.get("init_image_tower")
     model = str(training_args.get("model") or "")
     from .configuration_make import PRESET_NAMES
 
-    if towers:
-        text = f"query and title towers from the text checkpoint `{_checkpoint_name(towers[0])}`"
-    elif model and model not in PRESET_NAMES and not model.endswith(".json"):
-        text = f"every tower from the model `{_checkpoint_name(model)}`"
-    else:
-        text = "text towers from scratch"
-    if image:
-        text += f", image tower from the pretrained checkpoint `{_checkpoint_name(image)}`"
-    elif "every tower" not in text:
-        text += ", image tower from scratch"
-    if training_args.get("lock_image_tower"):
-        text += "; the image tower was locked (frozen; only its projection and Modal Adaptation trained)"
-    elif image:
-        text += "; the image tower was fine-tuned"
-    return "all towers from scratch" if text == "text towers from scratch, image tower from scratch" else text
+    start = {
+        "text_checkpoint": _checkpoint_name(towers[0]) if towers else None,
+        "model": _checkpoint_name(model) if not towers and model and model not in PRESET_NAMES
+        and not model.endswith(".json") else None,
+        "image_checkpoint": _checkpoint_name(image) if image else None,
+        "locked": bool(training_args.get("lock_image_tower")),
+    }
+    start["from_scratch"] = not any(start.values())
+    return start
 
 
 def _card_texts(training_args: Mapping[str, Any] | None, preset: str | None) -> dict[str, Any]:
@@ -136,7 +132,7 @@ def _card_texts(training_args: Mapping[str, Any] | None, preset: str | None) -> 
     if not training_args or "dataset" not in training_args:
         return texts
     dataset = str(training_args["dataset"])
-    towers = describe_tower_initialisation(training_args)
+    towers = tower_initialisation(training_args)
     command = ["accelerate launch examples/pretrain.py"]
     for name in ("model", "dataset", "init_from_towers", "init_image_tower"):
         value = training_args.get(name)
@@ -147,7 +143,7 @@ def _card_texts(training_args: Mapping[str, Any] | None, preset: str | None) -> 
         command.append("--lock_image_tower")
     texts["run"] = {"data_kind": dataset if dataset in _KNOWN_DATASETS else "own", "towers": towers}
     texts["training_command"] = " \\\n    ".join(command)
-    if preset in _PRESET_RECIPES and (_PRESET_RECIPES[preset] != dataset or towers != "all towers from scratch"):
+    if preset in _PRESET_RECIPES and (_PRESET_RECIPES[preset] != dataset or not towers["from_scratch"]):
         texts["summary_kind"] = "run_of_preset"
     elif card_preset is None:
         texts["summary_kind"] = "run"
@@ -570,7 +566,7 @@ __all__ = [
     "PIPELINE_TAG",
     "PRESET_TRAINING_COMMANDS",
     "TEMPLATE_PATH",
-    "describe_tower_initialisation",
+    "tower_initialisation",
     "eval_results_from_groups",
     "generate_model_card",
     "is_breakdown",
