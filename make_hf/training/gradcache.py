@@ -64,8 +64,6 @@ class GradCache:
             passes `accelerator.backward`, which divides by the accumulation steps and scales for fp16).
         no_sync (*optional*): a context manager factory under which a backward pass leaves the gradients unreduced
             (default: the model's `no_sync`, if it has one). Every chunk but the last runs under it.
-        autocast (*optional*): a context manager factory for the loss computation, as the model's forward has it
-            under mixed precision (the trainer passes `accelerator.autocast`).
     """
 
     def __init__(
@@ -74,7 +72,6 @@ class GradCache:
         chunk_size: int,
         backward: Callable[[torch.Tensor], None] | None = None,
         no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
-        autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
     ):
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"`chunk_size` (--gradcache_chunk_size) must be a positive integer, got {chunk_size!r}.")
@@ -87,19 +84,12 @@ class GradCache:
         self.chunk_size = chunk_size
         self._backward = backward or (lambda loss: loss.backward())
         self._no_sync = no_sync or getattr(model, "no_sync", contextlib.nullcontext)
-        self._autocast = autocast or contextlib.nullcontext
         self._pending = None
 
     @classmethod
     def for_accelerator(cls, accelerator, model: torch.nn.Module, chunk_size: int) -> "GradCache":
-        """A GradCache for a model prepared by `accelerator`, using its backward, no_sync and autocast."""
-        return cls(
-            model,
-            chunk_size,
-            backward=accelerator.backward,
-            no_sync=lambda: accelerator.no_sync(model),
-            autocast=accelerator.autocast,
-        )
+        """A GradCache for a model prepared by `accelerator`, using its backward and no_sync."""
+        return cls(model, chunk_size, backward=accelerator.backward, no_sync=lambda: accelerator.no_sync(model))
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> MakeOutput:
         """
@@ -122,12 +112,14 @@ class GradCache:
                 output = self.inner(**inputs, return_loss=False)
                 pieces.append([getattr(output, name) for name in EMBEDDING_FIELDS])
                 modal_weights.append(output.modal_weights)
+        # In fp32 whatever the encoders ran in: under fp16 there is no loss scale yet to keep these gradients from
+        # underflowing, and the loss costs little next to the encoders.
         embeds = {
-            name: None if column[0] is None else torch.cat(column).requires_grad_()
+            name: None if column[0] is None else torch.cat(column).float().requires_grad_()
             for name, column in zip(EMBEDDING_FIELDS, zip(*pieces))
         }
         masks = self.inner.modality_masks(**batch)
-        with self._autocast():
+        with torch.autocast(device_type=self.inner.logit_scale.device.type, enabled=False):
             losses = self.inner.loss_from_embeddings(
                 embeds, masks, batch.get("query_term_ids"), batch.get("keyword_term_ids"), batch.get("product_ids")
             )
@@ -169,7 +161,8 @@ class GradCache:
             with contextlib.nullcontext() if last else self._no_sync(), random_state.restored():
                 output = self.model(**_rows(batch, rows), return_loss=False)
                 surrogate = sum(
-                    (getattr(output, name) * gradient[rows]).sum() for name, gradient in embedding_gradients.items()
+                    (getattr(output, name).float() * gradient[rows]).sum()
+                    for name, gradient in embedding_gradients.items()
                 )
                 if last and logit_scale_gradient is not None:
                     # In the synchronised pass, so that DDP reduces the temperature's gradient with the others.
