@@ -4,7 +4,9 @@
 `library_name`, tags, license, datasets and a `model-index` with every retrieval metric of the
 evaluation (Recall@k, MRR@10, NDCG@10), and whose body says what the model is, how to use it, how it was trained
 and what it scored. The pre-training script saves it as the checkpoint's `README.md`; `make_hf.hub.push_to_hub`
-writes one when a folder has none.
+writes one when a folder has none. Every sentence of the body is in the Jinja template
+(`make_hf/templates/model_card.md`); this module computes the values it fills in (towers, run, metrics, tables
+rendered by `make_hf.results_tables`) and which of its texts apply.
 
 Metadata choices:
 
@@ -213,9 +215,9 @@ def _describe_vision_tower(tower: dict) -> str:
     return ", ".join(str(part) for part in parts)
 
 
-def _format_count(count: int | None) -> str:
+def _format_count(count: int | None) -> str | None:
     if count is None:
-        return "see `model.num_parameters()`"
+        return None
     if count >= 1e9:
         return f"{count / 1e9:.2f} B"
     if count >= 1e6:
@@ -240,8 +242,9 @@ def _template_variables(config: dict) -> dict:
         used = [(name, value) for name, value in used if "keyword" not in name]
     logit_scale = config.get("logit_scale_init_value", math.log(1 / 0.07))
     return {
-        "query_tower": _describe_text_tower(query) + (" (shared with the title encoder)" if shared else ""),
-        "title_tower": _describe_text_tower(title) if not shared else "the query encoder (shared)",
+        "query_tower": _describe_text_tower(query),
+        "title_tower": _describe_text_tower(title),
+        "shared_text_encoder": shared,
         "image_tower": _describe_vision_tower(vision),
         "projection_dim": config.get("projection_dim", 256),
         "text_pooling": config.get("text_pooling", "mean"),

@@ -178,6 +178,10 @@ def test_a_training_run_is_evaluated_again_on_the_test_set_it_saved(tmp_path, ca
     run_table = (out / "eval_results.md").read_text().split("\n\n", 1)[1].rstrip("\n")
     assert printed.rsplit("-> ", 1)[0].rstrip("\n") == run_table
 
+    # The run's folder given as the evaluation source gives the same result.
+    status, as_dataset, _ = _evaluate(capsys, "--model", out, "--dataset", out)
+    assert status == 0 and as_dataset == printed.rsplit("-> ", 1)[0]
+
     saved = datasets.load_from_disk(str(out / "evaluation_sets"))
     status, printed, _ = _evaluate(capsys, "--model", out, "--split", "validation")
     assert status == 0

@@ -250,3 +250,27 @@ def test_small_catalogue_rule():
 
     assert small_catalogue_warnings(100, (1, 5, 10)) == []
     assert len(small_catalogue_warnings(99, (1, 5, 10, 50))) == 2
+
+
+def test_read_rows_reads_evaluation_files_with_the_training_reader(tmp_path):
+    from make_hf.evaluation import read_rows
+
+    queries = tmp_path / "queries.csv"
+    queries.write_text('query,relevant_ids,bucket\nred mug,mug-red|mug-blue,\n"mug","[""mug-red""]",seen\n')
+    rows = read_rows(queries)
+    assert rows == [{"query": "red mug", "relevant_ids": ["mug-red", "mug-blue"], "bucket": None},
+                    {"query": "mug", "relevant_ids": ["mug-red"], "bucket": "seen"}]
+    products = tmp_path / "products.json"  # an object of columns, as training reads it too
+    products.write_text('{"product_id": [7, "p8"], "title": ["mug", ""], "image": ["img/7.png", null]}')
+    assert read_rows(products) == [
+        {"product_id": "7", "title": "mug", "image": str(tmp_path / "img" / "7.png")},
+        {"product_id": "p8", "title": None, "image": None},
+    ]
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"query": "mug", "relevant_ids": ["a"]}\n{"query": \n')
+    with pytest.raises(ValueError, match=r"broken.jsonl, line 2: not valid JSON"):
+        read_rows(broken)
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("query,relevant_ids\nmug,a,b\n")
+    with pytest.raises(ValueError, match=r"ragged.csv, line 2: 3 fields where the header has 2"):
+        read_rows(ragged)
