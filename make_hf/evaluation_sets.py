@@ -217,7 +217,13 @@ def load_evaluation_set(
         elif os.path.isdir(source):
             import datasets
 
-            data = datasets.load_from_disk(run_evaluation_sets(source) or source)
+            folder = run_evaluation_sets(source) or source
+            if not os.path.isfile(os.path.join(folder, "dataset_dict.json")):
+                raise ValueError(
+                    f"{source}: neither a training run's output_dir (no {EVALUATION_SETS_FOLDER}/) nor a folder saved "
+                    "with DatasetDict.save_to_disk (no dataset_dict.json); pass one of those, or a log file."
+                )
+            data = datasets.load_from_disk(folder)
         else:
             raise FileNotFoundError(
                 f"Evaluation source {source!r} is neither 'synthetic', 'emoji', a {'/'.join(ROW_FILE_TYPES)} file nor "

@@ -187,3 +187,10 @@ def test_a_training_run_is_evaluated_again_on_the_test_set_it_saved(tmp_path, ca
     assert status == 0
     assert printed.startswith(f"{len(saved['validation_queries'])} queries, {len(saved['validation_products'])} "
                               "products.")
+
+
+def test_a_folder_that_holds_no_evaluation_set_is_named(shop, capsys, tmp_path):
+    status, _, err = _evaluate(capsys, "--model", shop / "model", "--dataset", tmp_path)
+    assert status == 1 and f"{tmp_path}: neither a training run's output_dir (no evaluation_sets/)" in err
+    status, _, err = _evaluate(capsys, "--model", shop / "model")  # a model folder that no training run wrote
+    assert status == 1 and "holds no evaluation sets of a training run" in err
