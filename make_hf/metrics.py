@@ -456,6 +456,9 @@ Example:
 def _define_retrieval_metrics() -> type:
     # Importing `evaluate` imports transformers' pipelines (~4 s) and would pick up any local file named
     # evaluate.py next to a script being run: defer it to the first use of the class.
+    from .training_stack import require_training_stack
+
+    require_training_stack("make_hf.metrics.RetrievalMetrics (an evaluate.Metric)", ("datasets", "evaluate"))
     import datasets
     import evaluate
 

@@ -5,11 +5,15 @@ Every dataset here has the same layout: a `DatasetDict` with `train` rows (`quer
 `image`, ...) and `<split>_queries` (`query`, `relevant_ids`, ...) judged against that catalogue.
 """
 
-from .collator import MakeCollator, hash_product_id
-from .emoji import build_emoji_cldr_3d, describe_emoji_cldr_3d, fetch_emoji_tarballs
-from .files import derive_product_id, load_triples
-from .skipped import SKIP_REASONS, SkippedRow, SkippedRows
-from .synthetic import make_synthetic_shop
+from ..training_stack import require_training_stack
+
+require_training_stack("make_hf.data (training and evaluation data)", ("datasets",))
+
+from .collator import MakeCollator, hash_product_id  # noqa: E402
+from .emoji import build_emoji_cldr_3d, describe_emoji_cldr_3d, fetch_emoji_tarballs  # noqa: E402
+from .files import derive_product_id, load_triples  # noqa: E402
+from .skipped import SKIP_REASONS, SkippedRow, SkippedRows  # noqa: E402
+from .synthetic import make_synthetic_shop  # noqa: E402
 
 __all__ = [
     "SKIP_REASONS",
