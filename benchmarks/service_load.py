@@ -58,10 +58,13 @@ def _get(connection: http.client.HTTPConnection, path: str) -> tuple[int, bytes]
     return response.status, response.read()
 
 
-def _start_server(retriever_dir: str, onnx_dir: str | None, port: int, timeout: float) -> subprocess.Popen:
+def _start_server(retriever_dir: str, onnx_dir: str | None, threads: int | None, port: int,
+                  timeout: float) -> subprocess.Popen:
     command = [sys.executable, "-m", "make_hf.cli", "serve", "--retriever", retriever_dir, "--port", str(port)]
     if onnx_dir is not None:
         command += ["--onnx", onnx_dir]
+    if threads is not None:
+        command += ["--threads", str(threads)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + timeout
     while True:
@@ -86,19 +89,21 @@ def run_service_load(
     k: int = 10,
     warmup: int = 20,
     start_timeout: float = 300.0,
+    threads: int | None = None,
 ) -> dict:
     """Serve `retriever_dir` (with the ONNX query tower of `onnx_dir`, if given) and load it.
 
     Returns a JSON-able dict: `requests_per_s`, `p50_ms`, `p90_ms`, `p99_ms`, `mean_ms`, `errors` (answers other
     than 200, and failed connections), the settings, the service's `/health`, and `loadavg_before` /
-    `loadavg_after` (`os.getloadavg()`).
+    `loadavg_after` (`os.getloadavg()`). `threads` is the server's `--threads` (query encoder CPU threads; None: the
+    library's default).
     """
     if requests < 1 or concurrency < 1:
         raise ValueError(f"`requests` and `concurrency` must be >= 1, got {requests} and {concurrency}.")
     queries = queries or _catalogue_queries(retriever_dir)
     paths = [f"/search?{urllib.parse.urlencode({'q': q, 'k': k})}" for q in queries]
     port = _free_port()
-    server = _start_server(retriever_dir, onnx_dir, port, start_timeout)
+    server = _start_server(retriever_dir, onnx_dir, threads, port, start_timeout)
     try:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         health = json.loads(_get(connection, "/health")[1])
@@ -156,6 +161,7 @@ def run_service_load(
         "onnx": os.path.abspath(onnx_dir) if onnx_dir else None,
         "requests": requests,
         "concurrency": concurrency,
+        "threads": threads,
         "k": k,
         "distinct_queries": len(queries),
         "errors": len(errors),
@@ -181,6 +187,13 @@ def build_synthetic_retriever(model_dir: str, output_dir: str, num_products: int
     from make_hf.data.synthetic import make_synthetic_shop
 
     shop = make_synthetic_shop(num_products, seed=seed)
+    queries = list(dict.fromkeys(shop["test_queries"]["query"]))
+    config_path = os.path.join(output_dir, "index", "index_config.json")
+    if os.path.isfile(config_path):  # built before from the same model and shop: reuse it
+        with open(config_path, encoding="utf-8") as f:
+            metadata = json.load(f).get("metadata", {})
+        if metadata.get("model") == os.path.abspath(model_dir) and metadata.get("shop") == [num_products, seed]:
+            return output_dir, queries
     images = os.path.join(output_dir, "images")
     os.makedirs(images, exist_ok=True)
     rows = []
@@ -189,16 +202,18 @@ def build_synthetic_retriever(model_dir: str, output_dir: str, num_products: int
         product["image"].save(path)
         rows.append({"product_id": product["product_id"], "title": product["title"], "image": path})
     retriever = MakeRetriever.from_pretrained(model_dir)
-    retriever.build_index(rows, kind=kind, metadata={"model": os.path.abspath(model_dir), "dataset": "synthetic"})
+    metadata = {"model": os.path.abspath(model_dir), "dataset": "synthetic", "shop": [num_products, seed]}
+    retriever.build_index(rows, kind=kind, metadata=metadata)
     retriever.save(output_dir)
-    return output_dir, list(dict.fromkeys(shop["test_queries"]["query"]))
+    return output_dir, queries
 
 
 def format_table(results: list[dict]) -> str:
-    lines = ["| query encoder | requests | concurrency | errors | requests/s | p50 ms | p90 ms | p99 ms | load avg |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| query encoder | threads | requests | concurrency | errors | requests/s | p50 ms | p90 ms | p99 ms | "
+             "load avg |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['query_encoder']} | {r['requests']} | {r['concurrency']} | {r['errors']} | "
+        threads = r["threads"] if r["threads"] is not None else "default"
+        lines.append(f"| {r['query_encoder']} | {threads} | {r['requests']} | {r['concurrency']} | {r['errors']} | "
                      f"{r['requests_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | "
                      f"{r['loadavg_before'][0]:.1f} -> {r['loadavg_after'][0]:.1f} |")
     return "\n".join(lines) + "\n"
@@ -213,6 +228,8 @@ def main(argv=None) -> None:
     parser.add_argument("--workdir", default="/tmp/make-hf-service-load", help="where --model's retriever goes")
     parser.add_argument("--num-products", type=int, default=3200, help="synthetic shop size (--model)")
     parser.add_argument("--onnx", help="also measure with this exported ONNX query tower")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1],
+                        help="query encoder threads of the server (`make-hf serve --threads`): one run per value")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--output", default=RESULTS)
@@ -224,9 +241,12 @@ def main(argv=None) -> None:
     retriever = args.retriever
     if args.model:
         retriever, queries = build_synthetic_retriever(args.model, args.workdir, num_products=args.num_products)
-    runs = [run_service_load(retriever, None, args.requests, args.concurrency, queries=queries)]
-    if args.onnx:
-        runs.append(run_service_load(retriever, args.onnx, args.requests, args.concurrency, queries=queries))
+    runs = []
+    for threads in args.threads:
+        for onnx in [None, args.onnx] if args.onnx else [None]:
+            runs.append(run_service_load(retriever, onnx, args.requests, args.concurrency, queries=queries,
+                                         threads=threads))
+            print(format_table(runs[-1:]).splitlines()[-1], flush=True)
     print(format_table(runs), end="")
     write_json(args.output, {
         "benchmark": "service_load",

@@ -206,7 +206,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from .serving.loading import load_service
 
     service = load_service(args.retriever, model=args.model, catalogue=args.catalogue, kind=args.kind,
-                           onnx=args.onnx, images=args.images, device=args.device)
+                           onnx=args.onnx, images=args.images, device=args.device, threads=args.threads)
     images = service.image_folder or "none"
     print(f"Serving {len(service.index)} products ({service.index.kind} index, dim {service.index.dim}, "
           f"{service.query_encoder_name} query encoder, images from {images}) on http://{args.host}:{args.port}",
@@ -384,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--kind", default="flat", choices=_INDEX_KINDS, help="index kind for --catalogue")
     serve.add_argument("--onnx", help="folder written by `make-hf export`: encode queries with its ONNX query tower")
     serve.add_argument("--images", help="folder product images are served from (default: the one holding them all)")
+    serve.add_argument("--threads", type=int, default=None,
+                       help="CPU threads of the query encoder (torch or ONNX Runtime; default: the library's)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))

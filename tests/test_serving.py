@@ -287,8 +287,9 @@ def test_an_onnx_query_encoder_is_used_and_its_dimension_checked(shop, monkeypat
     class OnnxQueryEncoder:
         """Stands in for make_hf.export's encoder: the retriever's query tower, or vectors of another size."""
 
-        def __init__(self, folder):
+        def __init__(self, folder, threads=None):
             self.dim = 8 if folder.endswith("other-model") else None
+            calls.append(("threads", threads))
 
         def encode(self, texts):
             calls.append(list(texts))
@@ -298,8 +299,9 @@ def test_an_onnx_query_encoder_is_used_and_its_dimension_checked(shop, monkeypat
 
     monkeypatch.setitem(sys.modules, "make_hf.export", types.SimpleNamespace(OnnxQueryEncoder=OnnxQueryEncoder))
     (shop.root / "exported").mkdir(exist_ok=True)
-    service = load_service(str(shop.folder), onnx=str(shop.root / "exported"))
+    service = load_service(str(shop.folder), onnx=str(shop.root / "exported"), threads=1)
     assert service.query_encoder_name.startswith("onnx (") and service.health()["query_encoder"].startswith("onnx")
+    assert ("threads", 1) in calls
     assert service.search([SCREWS], k=1)[0][0]["product_id"] == "screws" and calls[-1] == [SCREWS]
 
     (shop.root / "other-model").mkdir(exist_ok=True)
@@ -324,5 +326,7 @@ def test_a_model_and_a_catalogue_file_are_indexed_at_start_up(shop):
 def test_what_to_serve_must_be_given(shop):
     with pytest.raises(ValueError, match="Give --retriever .* or both --model and --catalogue"):
         load_service(model=str(shop.folder))
+    with pytest.raises(ValueError, match=r"--threads must be an integer >= 1, got 0"):
+        load_service(str(shop.folder), threads=0)
     with pytest.raises(ValueError, match="has no index to serve"):
         SearchService(MakeRetriever(shop.retriever.model, shop.retriever.processor))

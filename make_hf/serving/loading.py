@@ -17,6 +17,7 @@ def load_service(
     onnx: str | None = None,
     images: str | None = None,
     device: str | None = None,
+    threads: int | None = None,
 ) -> SearchService:
     """A `SearchService` over a retriever.
 
@@ -29,9 +30,13 @@ def load_service(
             (`make_hf.export.OnnxQueryEncoder`), whose dimension must be the index's.
         images: the folder product images are served from (default: see `SearchService`).
         device: torch device of the retriever's model.
+        threads: CPU threads of the query encoder (`torch.set_num_threads`, or ONNX Runtime's intra-op threads);
+            default: the library's own (torch: `OMP_NUM_THREADS` or every core; ONNX Runtime: every core).
     """
     from ..retrieval import MakeRetriever
 
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"--threads must be an integer >= 1, got {threads!r}.")
     if (retriever is None) == (model is None or catalogue is None):
         raise ValueError("Give --retriever (a saved MakeRetriever folder), or both --model and --catalogue.")
     if retriever is not None:
@@ -55,7 +60,11 @@ def load_service(
             raise FileNotFoundError(f"--onnx {onnx!r}: no such folder; write one with `make-hf export`.")
         from ..export import OnnxQueryEncoder
 
-        encoder, name = OnnxQueryEncoder(onnx).encode, f"onnx ({os.path.abspath(onnx)})"
+        encoder, name = OnnxQueryEncoder(onnx, threads=threads).encode, f"onnx ({os.path.abspath(onnx)})"
+    elif threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     return SearchService(loaded, query_encoder=encoder, image_folder=images, query_encoder_name=name)
 
 
