@@ -170,13 +170,15 @@ def _has_title(title: Any) -> bool:
 
 def check_query_texts(queries: Any, argument: str = "queries") -> list[str]:
     """`queries` as a list of non-empty strings (a single string is a batch of one); errors name `argument[row]`."""
+    from .processing_make import is_query_text
+
     if isinstance(queries, str):
         queries = [queries]
     elif isinstance(queries, (bytes, Mapping)) or not isinstance(queries, Iterable):
         raise ValueError(f"`{argument}` must be a string or a list of strings, got {type(queries).__name__}.")
     queries = list(queries)
     for row, text in enumerate(queries):
-        if not isinstance(text, str) or not text.strip():
+        if not is_query_text(text):
             raise ValueError(f"{argument}[{row}] is {text!r}; a query must be a non-empty string.")
     return queries
 

@@ -125,14 +125,22 @@ _JIEBA_TOKENIZER: Any = None
 _JIEBA_MISSING = False
 
 
+def stable_hash64(data: str | bytes, byteorder: str = "big") -> int:
+    """A 64-bit hash of `data` (a string is hashed as UTF-8) that is the same in every process, machine and Python
+    run, unlike `hash`: blake2b with an 8-byte digest, read as an unsigned integer in `byteorder`. The one hash
+    behind term ids, product ids in a batch, derived product ids and the synthetic shop's fixed choices."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), byteorder)
+
+
 def hash_term(term: str) -> int:
     """Stable id of a normalised term, in `[1, 2**62)`; 0 is reserved for padding.
 
     blake2b of the UTF-8 bytes, so the id is the same in every process and Python run (unlike `hash`), which
     keeps term ids comparable across data-loader workers, machines and saved datasets.
     """
-    digest = hashlib.blake2b(term.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % _TERM_ID_MODULUS + 1
+    return stable_hash64(term) % _TERM_ID_MODULUS + 1
 
 
 def _load_jieba() -> Any:
@@ -495,4 +503,5 @@ __all__ = [
     "MODEL_SUFFIXES",
     "hash_term",
     "jieba_available",
+    "stable_hash64",
 ]

@@ -56,6 +56,12 @@ TEXT_KEYS = {
 }
 
 
+def is_query_text(value: Any) -> bool:
+    """Whether `value` can be a query: a string with at least one non-blank character. The one rule the processor,
+    the encoders, the training data and the evaluation sets all apply."""
+    return isinstance(value, str) and bool(value.strip())
+
+
 def _as_batch(value: Any, argument: str) -> list[Any]:
     """A single string -> a batch of one; a list/tuple -> a list."""
     if isinstance(value, str):
@@ -372,7 +378,7 @@ class MakeProcessor(ProcessorMixin):
         for index, text in enumerate(queries):
             if not isinstance(text, str):
                 raise InvalidInputTypeError(f"`query[{index}]` must be a string, got {type(text).__name__}.")
-            if not text.strip():
+            if not is_query_text(text):
                 raise ValueError(f"`query[{index}]` is empty; a query needs at least one non-blank character.")
         return queries
 
@@ -474,7 +480,7 @@ class MakeProcessor(ProcessorMixin):
 MakeProcessor.register_for_auto_class("AutoProcessor")
 
 
-__all__ = ["MAX_NUM_KEYWORDS", "MAX_TEXT_LENGTH", "MakeProcessor"]
+__all__ = ["MAX_NUM_KEYWORDS", "MAX_TEXT_LENGTH", "MakeProcessor", "is_query_text"]
 
 if __package__ == "make_hf":  # the installed package, not a copy loaded as remote code
     from .auto_registration import register_auto_classes

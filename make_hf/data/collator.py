@@ -7,7 +7,6 @@ decodable with `make_hf.image_utils.load_image`); a row that fails is dropped fr
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,7 +15,8 @@ import torch
 
 from ..image_feature_cache import image_content_key
 from ..image_utils import load_image
-from .files import SOURCE_ROW_COLUMN, _is_blank
+from ..keywords import stable_hash64
+from .files import SOURCE_ROW_COLUMN, check_row
 from .skipped import SkippedRows
 
 logger = logging.getLogger(__name__)
@@ -33,8 +33,7 @@ def hash_product_id(product_id: str) -> int:
     """
     if not isinstance(product_id, str):
         product_id = str(product_id)
-    digest = hashlib.blake2b(product_id.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") & _INT63
+    return stable_hash64(product_id) & _INT63
 
 
 class MakeCollator:
@@ -111,27 +110,15 @@ class MakeCollator:
             title = row.get(self.title_column) if has["title"] else None
             image = row.get(self.image_column) if has["image"] else None
             product_id = row.get(self.product_id_column) if has["product_id"] else None
-            if has["query"] and (not isinstance(query, str) or not query.strip()):
-                self._skip(row, position, "empty_query", "the query is empty")
+            opened = []
+            problem = check_row(
+                query, title, image, product_id, needs_query=has["query"], needs_product_id=has["product_id"],
+                needs_product=has["title"] or has["image"], open_image=lambda value: opened.append(self._image(value)),
+            )
+            if problem is not None:
+                self._skip(row, position, *problem)
                 continue
-            if has["product_id"] and _is_blank(product_id):
-                self._skip(row, position, "missing_product_id", "the product id is empty")
-                continue
-            loaded = None
-            if not (_is_blank(image) or (isinstance(image, Mapping) and image.get("bytes") is None
-                                         and _is_blank(image.get("path")))):
-                try:
-                    loaded = self._image(image)
-                except FileNotFoundError as error:
-                    self._skip(row, position, "missing_image", str(error))
-                    continue
-                except ValueError as error:
-                    self._skip(row, position, "corrupt_image", str(error))
-                    continue
-            if has["title"] or has["image"]:
-                if loaded is None and _is_blank(title):
-                    self._skip(row, position, "no_title_or_image", "the product has neither a title nor an image")
-                    continue
+            loaded = opened[0] if opened else None
             queries.append(query)
             titles.append(title if isinstance(title, str) and title.strip() else None)
             images.append(loaded)

@@ -66,6 +66,8 @@ from PIL import Image
 
 import datasets
 
+from .evaluation_splits import HELD_OUT_SPLITS, products_split, queries_split
+
 logger = logging.getLogger(__name__)
 
 
@@ -274,10 +276,10 @@ def _build(source_dir: Path, languages: Sequence[str], image_size: int, fraction
                                           "category": text, "group": text, "emoji": text, "language": text})
     query_features = datasets.Features({"query": text, "relevant_ids": datasets.List(text), "language": text})
     train = {name: [] for name in train_features}
-    products = {split: {name: [] for name in product_features} for split in ("validation", "test")}
-    queries = {split: {name: [] for name in query_features} for split in ("validation", "test")}
+    products = {split: {name: [] for name in product_features} for split in HELD_OUT_SPLITS}
+    queries = {split: {name: [] for name in query_features} for split in HELD_OUT_SPLITS}
     relevant: dict[str, dict[str, dict[str, list[str]]]] = {
-        split: {language: {} for language in languages} for split in ("validation", "test")
+        split: {language: {} for language in languages} for split in HELD_OUT_SPLITS
     }
     for language in languages:
         for e in emoji:
@@ -306,7 +308,7 @@ def _build(source_dir: Path, languages: Sequence[str], image_size: int, fraction
                 table[keyword][0].append(product_id)
             for query in _queries_of(title, annotation.get("tags", [])):
                 table[query][1] = True
-    for split in ("validation", "test"):
+    for split in HELD_OUT_SPLITS:
         for language in languages:
             for keyword, (ids, is_query) in sorted(relevant[split][language].items()):
                 if is_query:
@@ -323,9 +325,9 @@ def _build(source_dir: Path, languages: Sequence[str], image_size: int, fraction
         return datasets.Dataset.from_dict(columns, features=features, info=info)
 
     result = {"train": make(train, train_features, "training rows")}
-    for split in ("validation", "test"):
-        result[f"{split}_products"] = make(products[split], product_features, f"{split} products")
-        result[f"{split}_queries"] = make(queries[split], query_features, f"{split} queries")
+    for split in HELD_OUT_SPLITS:
+        result[products_split(split)] = make(products[split], product_features, f"{split} products")
+        result[queries_split(split)] = make(queries[split], query_features, f"{split} queries")
     return datasets.DatasetDict(result)
 
 
@@ -347,8 +349,8 @@ def describe_emoji_cldr_3d(dataset: datasets.DatasetDict) -> str:
     lines.append(f"{'train':<11}{len(set(_column(dataset['train'], 'category'))):>10}"
                  f"{len(set(_column(dataset['train'], 'product_id'))):>7}"
                  + "".join(f"{str(rows[lang]) + ' rows':>20}" for lang in languages))
-    for split in ("validation", "test"):
-        products, queries = dataset[f"{split}_products"], _column(dataset[f"{split}_queries"], "language")
+    for split in HELD_OUT_SPLITS:
+        products, queries = dataset[products_split(split)], _column(dataset[queries_split(split)], "language")
         lines.append(f"{split:<11}{len(set(_column(products, 'category'))):>10}"
                      f"{len(set(_column(products, 'product_id'))):>7}"
                      + "".join(f"{str(queries.count(lang)) + ' queries':>20}" for lang in languages))

@@ -29,12 +29,11 @@ reports name the original row.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,8 @@ import datasets
 import pyarrow as pa
 
 from ..image_utils import load_image
+from ..keywords import stable_hash64
+from ..processing_make import is_query_text
 from .skipped import SkippedRows
 
 logger = logging.getLogger(__name__)
@@ -57,39 +58,52 @@ def derive_product_id(title: str | None, image: Any) -> str:
     if isinstance(image, Mapping):
         image = image.get("path") or image.get("bytes")
     reference = image if isinstance(image, (bytes, bytearray)) else str(image if image is not None else "").encode()
-    digest = hashlib.blake2b(digest_size=8)
-    digest.update((title or "").encode("utf-8"))
-    digest.update(b"\0")
-    digest.update(bytes(reference))
-    return "p" + digest.hexdigest()
+    return "p" + format(stable_hash64((title or "").encode("utf-8") + b"\0" + bytes(reference)), "016x")
 
 
 def _is_blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-def check_row(
-    query: Any, title: Any, image: Any, product_id: Any, *, require_image: bool = False, needs_query: bool = True
-) -> tuple[str, str] | None:
-    """Why a training row cannot be used, as `(reason, detail)`, or None when it can.
+def has_image(image: Any) -> bool:
+    """Whether a row's `image` value refers to an image at all (a path, bytes, a decoded image), blank or not."""
+    return not (_is_blank(image) or (isinstance(image, Mapping) and image.get("bytes") is None
+                                     and _is_blank(image.get("path"))))
 
-    `image` is a resolved path, bytes, a `datasets` image dict, a PIL image or None (no image). The image is fully
-    decoded, so a truncated file is caught here rather than in the middle of an epoch.
+
+def check_row(
+    query: Any,
+    title: Any,
+    image: Any,
+    product_id: Any,
+    *,
+    require_image: bool = False,
+    needs_query: bool = True,
+    needs_product_id: bool = True,
+    needs_product: bool = True,
+    open_image: Callable[[Any], Any] | None = None,
+) -> tuple[str, str] | None:
+    """Why a training row cannot be used, as `(reason, detail)`, or None when it can: the one rule `load_triples`
+    applies before training and `MakeCollator` applies again to every batch.
+
+    `image` is a resolved path, bytes, a `datasets` image dict, a PIL image or None (no image). It is opened with
+    `open_image` (default: fully decoded by `load_image`, so a truncated file is caught here rather than in the
+    middle of an epoch), which raises `FileNotFoundError` for a missing file and `ValueError` for one that cannot be
+    used. `needs_query` / `needs_product_id` / `needs_product` (a title or an image) say which parts the row must
+    have; a collator for product rows without queries turns `needs_query` off.
     """
-    if needs_query and (not isinstance(query, str) or not query.strip()):
+    if needs_query and not is_query_text(query):
         return "empty_query", "the query is empty"
-    if _is_blank(product_id):
+    if needs_product_id and _is_blank(product_id):
         return "missing_product_id", "the product id is empty"
-    has_image = not (_is_blank(image) or (isinstance(image, Mapping) and image.get("bytes") is None
-                                          and _is_blank(image.get("path"))))
-    if not has_image:
+    if not has_image(image):
         if require_image:
             return "missing_image", "the row has no image and require_image=True"
-        if _is_blank(title):
+        if needs_product and _is_blank(title):
             return "no_title_or_image", "the product has neither a title nor an image"
         return None
     try:
-        load_image(image, "image")
+        (open_image or (lambda value: load_image(value, "image")))(image)
     except FileNotFoundError:
         path = image.get("path") if isinstance(image, Mapping) else image
         return "missing_image", f"no file at {path!r}"
@@ -505,4 +519,4 @@ def load_triples(
     return result
 
 
-__all__ = ["SOURCE_ROW_COLUMN", "check_row", "derive_product_id", "load_triples", "read_records"]
+__all__ = ["SOURCE_ROW_COLUMN", "check_row", "derive_product_id", "has_image", "load_triples", "read_records"]

@@ -58,7 +58,6 @@ Generated queries fitting none of the three (for example a typo never seen in tr
 
 from __future__ import annotations
 
-import hashlib
 import io
 import random
 from collections.abc import Sequence
@@ -67,6 +66,9 @@ from dataclasses import dataclass
 from PIL import Image, ImageChops, ImageDraw
 
 import datasets
+
+from ..keywords import stable_hash64
+from .evaluation_splits import HELD_OUT_SPLITS, products_split, queries_split
 
 IMAGE_DECIDED = "image_decided"
 TITLE_DECIDED = "title_decided"
@@ -230,8 +232,7 @@ class _Query:
 
 
 def _stable_int(*parts: object) -> int:
-    digest = hashlib.blake2b("|".join(map(str, parts)).encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
+    return stable_hash64("|".join(map(str, parts)), byteorder="little")
 
 
 def _typo(term: str) -> str | None:
@@ -666,7 +667,7 @@ def make_synthetic_shop(
         "category": datasets.Value("string"),
         "category_group": datasets.Value("string"),
     })
-    for split in ("validation", "test"):
+    for split in HELD_OUT_SPLITS:
         split_products = splits[split]
         seen: dict[str, _Query] = {}
         for product in split_products:
@@ -687,8 +688,8 @@ def make_synthetic_shop(
             rows["bucket"].append(bucket)
             rows["category"].append(query.category)
             rows["category_group"].append(candidates[0].category.group)
-        result[f"{split}_products"] = _products_dataset(split_products, f"{description}: {split} catalogue")
-        result[f"{split}_queries"] = _dataset(rows, query_features, f"{description}: {split} queries")
+        result[products_split(split)] = _products_dataset(split_products, f"{description}: {split} catalogue")
+        result[queries_split(split)] = _dataset(rows, query_features, f"{description}: {split} queries")
     return datasets.DatasetDict(result)
 
 

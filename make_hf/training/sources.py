@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 import datasets
 
+from ..data.evaluation_splits import EVALUATION_SPLITS, HELD_OUT_SPLITS, products_split, queries_split
 from .arguments import PretrainArguments
-
-EVALUATION_SPLITS = ("validation_products", "validation_queries", "test_products", "test_queries")
 
 MIN_HELD_OUT_PRODUCTS = 200
 """Products a held-out catalogue gets at least, data allowing: Recall@k on fewer than 10·k products says little."""
@@ -108,7 +107,7 @@ def split_by_product(name: str, rows: datasets.Dataset, fraction: float, seed: i
     for index, pid in enumerate(rows["product_id"]):
         indices[split_of.get(pid, "train")].append(index)
     splits = {"train": rows.select(indices["train"])}
-    for split in ("validation", "test"):
+    for split in HELD_OUT_SPLITS:
         held = rows.select(indices[split])
         products, relevant = {}, defaultdict(list)
         for row in held:
@@ -116,8 +115,8 @@ def split_by_product(name: str, rows: datasets.Dataset, fraction: float, seed: i
                                                     "image": row["image"]})
             if row["product_id"] not in relevant[row["query"]]:
                 relevant[row["query"]].append(row["product_id"])
-        splits[f"{split}_products"] = datasets.Dataset.from_list(list(products.values()))
-        splits[f"{split}_queries"] = datasets.Dataset.from_list(
+        splits[products_split(split)] = datasets.Dataset.from_list(list(products.values()))
+        splits[queries_split(split)] = datasets.Dataset.from_list(
             [{"query": query, "relevant_ids": ids} for query, ids in relevant.items()]
         )
     return PretrainingData(name=name, **splits)
