@@ -473,6 +473,7 @@ class ProductIndex:
         except ValueError as error:  # an id or search parameter that `save` would never have written
             raise _damaged(folder, f"{IDS_FILE} / {CONFIG_FILE} do not load ({str(error).rstrip('.')})") from None
 
+
 EMBEDDINGS_KEY = "product_embeds"
 MODAL_WEIGHTS_KEY = "modal_weights"
 

@@ -130,9 +130,9 @@ def test_serving_works_without_the_training_stack_and_training_says_what_to_inst
     site.mkdir()
     (site / "sitecustomize.py").write_text(HIDE_PACKAGES.format(hidden=hidden))
     (tmp_path / "serving.py").write_text(SERVING.format(hidden=hidden))
-    (tmp_path / "catalogue.jsonl").write_text('{"product_id": "p0", "title": "red running shoes"}\\n')
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    (tmp_path / "catalogue.jsonl").write_text('{"product_id": "p0", "title": "red running shoes"}\n')
+    python_path = os.pathsep.join(path for path in (str(site), os.environ.get("PYTHONPATH")) if path)
+    env = {**os.environ, "PYTHONPATH": python_path, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, str(tmp_path / "serving.py"), str(tmp_path)], env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-6000:]
