@@ -138,11 +138,11 @@ def run_service_load(
             connection.close()
 
         loadavg_before = os.getloadavg()
-        threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+        workers = [threading.Thread(target=worker) for _ in range(concurrency)]
         started = time.perf_counter()
-        for thread in threads:
+        for thread in workers:
             thread.start()
-        for thread in threads:
+        for thread in workers:
             thread.join()
         wall = time.perf_counter() - started
         loadavg_after = os.getloadavg()
