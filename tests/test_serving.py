@@ -278,6 +278,24 @@ def test_search_index_prints_titles_from_the_catalogue_next_to_it(shop, capsys):
     assert out.splitlines() == [SCREWS, f"    1. screws  1.0000  {SCREWS}"]
 
 
+def test_search_index_prints_titles_from_the_products_file_it_was_encoded_from(shop, tmp_path, capsys):
+    catalogue = shop.images / "encoded-products.jsonl"
+    with open(catalogue, "w") as f:
+        for row in shop.rows[:4]:
+            f.write(json.dumps({**row, "image": os.path.basename(row["image"]) if row["image"] else None}) + "\n")
+    assert _run(capsys, "encode", "--model", shop.folder, "--catalogue", catalogue, "--output", tmp_path / "embeddings",
+                "--quiet")[0] == 0
+    assert _run(capsys, "index", "--embeddings", tmp_path / "embeddings", "--output", tmp_path / "index",
+                "--kind", "flat")[0] == 0
+    status, out, err = _run(capsys, "search", "--index", tmp_path / "index", "-k", 2, SCREWS)
+    assert status == 0, err
+    lines = out.splitlines()
+    assert lines[1] == f"    1. screws  1.0000  {SCREWS}" and len(lines) == 3
+    titles = {row["product_id"]: row["title"] for row in shop.rows}
+    product_id = lines[2].split()[1]
+    assert lines[2].endswith(f"  {titles[product_id]}")
+
+
 # ------------------------------------------------------------------ the query encoder and the start-up modes
 
 
