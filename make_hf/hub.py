@@ -97,7 +97,7 @@ def _sent_the_commit(error: BaseException) -> bool:
     return False
 
 
-def _push_failed(folder: Path, repo_id: str, endpoint: str | None, error: BaseException, retry: str) -> HubPushError:
+def _push_failed(source: str, repo_id: str, endpoint: str | None, error: BaseException, retry: str) -> HubPushError:
     reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
     if _sent_the_commit(error):
         outcome = ("The connection dropped while the commit was sent: the repo holds either all of this upload or "
@@ -105,7 +105,7 @@ def _push_failed(folder: Path, repo_id: str, endpoint: str | None, error: BaseEx
     else:
         outcome = "Nothing of this upload was committed."
     return HubPushError(
-        f"Cannot push {str(folder)!r} to {repo_id!r}: the Hugging Face Hub at {endpoint or hub_constants.ENDPOINT} "
+        f"Cannot push {source} to {repo_id!r}: the Hugging Face Hub at {endpoint or hub_constants.ENDPOINT} "
         f"cannot be reached ({type(error).__name__}{': ' + reason if reason else ''}). {outcome} Check the network, "
         f"proxy settings and HF_ENDPOINT (or --endpoint), then {retry}."
     )
@@ -247,15 +247,15 @@ def push_to_hub(
         The `huggingface_hub.CommitInfo` of the commit (`.oid`, `.commit_url`, `.pr_url`).
 
     Raises:
-        HubPushError: the Hub could not be reached, or the connection dropped before the commit was made (the
-            upload is one commit, so nothing of it is in the repo).
+        HubPushError: the Hub could not be reached, or the connection dropped; the message says whether the commit
+            can have been made (the upload is one commit: the repo holds all of it or none).
     """
     if isinstance(folder_or_model, (str, os.PathLike)):
         return _push_folder(
             Path(folder_or_model), repo_id, model_card=model_card, evaluation=evaluation, card_kwargs=card_kwargs,
             commit_message=commit_message, commit_description=commit_description, private=private, token=token,
             create_pr=create_pr, endpoint=endpoint, ignore_patterns=ignore_patterns,
-            retry=f"push again (`make-hf push {folder_or_model} {repo_id}`)",
+            source=repr(os.fspath(folder_or_model)), retry=f"push again (`make-hf push {folder_or_model} {repo_id}`)",
         )
     if not hasattr(folder_or_model, "save_pretrained"):
         raise TypeError(
@@ -272,13 +272,14 @@ def push_to_hub(
         return _push_folder(
             Path(folder), repo_id, model_card=model_card, evaluation=evaluation, card_kwargs=card_kwargs,
             commit_message=commit_message, commit_description=commit_description, private=private, token=token,
-            create_pr=create_pr, endpoint=endpoint, ignore_patterns=ignore_patterns, retry="call `push_to_hub` again",
+            create_pr=create_pr, endpoint=endpoint, ignore_patterns=ignore_patterns,
+            source=f"the {type(folder_or_model).__name__}", retry="call `push_to_hub` again",
         )
 
 
 def _push_folder(
     folder: Path, repo_id: str, *, model_card, evaluation, card_kwargs, commit_message, commit_description, private,
-    token, create_pr, endpoint, ignore_patterns, retry,
+    token, create_pr, endpoint, ignore_patterns, source, retry,
 ):
     if not folder.is_dir():
         raise FileNotFoundError(f"Model folder {str(folder)!r} does not exist; save the model there first.")
@@ -315,7 +316,7 @@ def _push_folder(
     except Exception as error:
         if not _is_network_failure(error):
             raise
-        raise _push_failed(folder, repo_id, endpoint, error, retry) from error
+        raise _push_failed(source, repo_id, endpoint, error, retry) from error
 
 
 # --------------------------------------------------------------------------------------------------- CLI

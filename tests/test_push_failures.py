@@ -74,6 +74,16 @@ def _hub_dropping(path_part: str) -> LoopbackHub:
     return hub
 
 
+def test_pushing_a_model_object_to_a_dead_endpoint(online, closed_endpoint, model_folder):
+    model, processor = MakeModel.from_pretrained(model_folder), MakeProcessor.from_pretrained(model_folder)
+    with pytest.raises(HubPushError) as error:
+        push_to_hub(model, "org/make-shop", processor=processor, endpoint=closed_endpoint)
+    message = str(error.value)
+    expected = f"Cannot push the MakeModel to 'org/make-shop': the Hugging Face Hub at {closed_endpoint} cannot"
+    assert message.startswith(expected)
+    assert "Nothing of this upload was committed" in message and "call `push_to_hub` again" in message
+
+
 def test_a_hub_that_goes_away_before_the_commit_commits_nothing(online, model_folder):
     with _hub_dropping("/preupload/") as hub:
         with pytest.raises(HubPushError) as error:
