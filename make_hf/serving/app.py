@@ -23,7 +23,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, StrictInt
 from starlette.exceptions import HTTPException
 
 from .service import BadParameter, ImageUnavailable, SearchService, check_k, check_queries, check_query
@@ -33,7 +33,7 @@ class SearchRequest(BaseModel):
     """The body of `POST /search`."""
 
     queries: list[str]
-    k: int = 10
+    k: StrictInt = 10  # JSON `true` or "5" is a mistake, not k=1 or k=5
 
 
 def _error(status: int, parameter: str | None, message: str) -> JSONResponse:
@@ -81,6 +81,10 @@ def create_app(service: SearchService) -> FastAPI:
     @app.exception_handler(HTTPException)
     def http_error(request: Request, error: HTTPException) -> JSONResponse:
         return _error(error.status_code, None, f"{error.detail}: {request.method} {request.url.path}")
+
+    @app.exception_handler(Exception)
+    def server_error(request: Request, error: Exception) -> JSONResponse:
+        return _error(500, None, f"The search service failed: {type(error).__name__}: {error}")
 
     @app.get("/search")
     def search_one(q: str, k: int = 10) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+import unicodedata
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -69,6 +70,13 @@ def check_query(query: Any, parameter: str) -> str:
     if len(text) > MAX_QUERY_CHARS:
         raise BadParameter(
             parameter, f"`{parameter}` is {len(text)} characters long; a query may have at most {MAX_QUERY_CHARS}."
+        )
+    if "\ufffd" in text:  # what the web server makes of bytes that are not UTF-8
+        raise BadParameter(parameter, f"`{parameter}` is not valid UTF-8; send the query percent-encoded as UTF-8.")
+    control = next((c for c in text if unicodedata.category(c) == "Cc"), None)
+    if control is not None:
+        raise BadParameter(
+            parameter, f"`{parameter}` contains the control character U+{ord(control):04X}; send plain text."
         )
     return text
 
