@@ -85,6 +85,17 @@ def test_a_full_disk_while_saving_the_trained_model(tmp_path, monkeypatch):
     assert [entry for entry in os.listdir(tmp_path) if entry != "run"] == []  # no staging folder left beside it
 
 
+def test_a_full_disk_as_safetensors_reports_it(tmp_path):
+    from safetensors import SafetensorError
+
+    _complete_checkpoint(tmp_path / "checkpoint-2", 2, "earlier")
+    with pytest.raises(TrainingSaveError) as raised:
+        with explained_save_failure("the checkpoint of step 4", str(tmp_path), str(tmp_path)):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    assert "failed: the disk is full (SafetensorError: " in str(raised.value)
+    assert f"{str(tmp_path / 'checkpoint-2')!r}, is intact" in str(raised.value)
+
+
 def test_another_write_failure_is_not_called_a_full_disk(tmp_path):
     with pytest.raises(TrainingSaveError) as raised:
         with explained_save_failure("the checkpoint of step 8", str(tmp_path), str(tmp_path)):
