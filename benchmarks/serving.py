@@ -3,8 +3,8 @@
     python benchmarks/serving.py --threads 1 2
     python benchmarks/serving.py --threads 1 2 --trained-model outputs/make-small-synthetic   # also a trained model
 
-Measured in one process, on the same queries (the synthetic shop's test queries), round-robin so that a busy
-machine slows every system alike:
+Measured in one process, on the same queries (the synthetic shop's test queries), the systems taking turns in
+short blocks so that a busy machine slows every system alike:
 
 - **Latency and throughput** of four query encoders of the same size: make_hf in PyTorch
   (`MakeRetriever.encode_queries`), the ONNX fp32 and int8 query encoders (`make_hf.export.OnnxQueryEncoder`), and
@@ -103,29 +103,43 @@ def query_encoders(model_dir: str, onnx_dir: str, threads: int) -> dict:
     }
 
 
-def measure_latency(encoders: dict, queries: list[str], rounds: int, batches: int, warmup: int = 10) -> dict:
-    """Batch-1 latencies (`rounds` per encoder) and batch-32 throughput (`batches` per encoder), round-robin with
-    the starting encoder rotated each round."""
+def measure_latency(encoders: dict, queries: list[str], rounds: int, batches: int, warmup: int = 10,
+                    block: int = 10) -> dict:
+    """Batch-1 latencies (`rounds` calls per encoder) and batch-32 throughput (`batches` calls per encoder).
+
+    The encoders take turns in blocks of `block` calls (batch 1) or `block // 5` calls (batch 32), the first
+    encoder rotating each turn: the machine's load over the run falls on all of them alike, while the worker
+    threads one runtime leaves spinning after a call rarely run into the next call of another.
+    """
     names = list(encoders)
     stream = itertools.cycle(queries)
     for name in names:
         for _ in range(warmup):
             encoders[name]([next(stream)])
         encoders[name]([next(stream) for _ in range(32)])
+
+    def turns(calls: int, size: int):
+        for turn in range(-(-calls // size)):
+            order = names[turn % len(names):] + names[: turn % len(names)]
+            count = min(size, calls - turn * size)
+            yield order, count
+
     single = {name: [] for name in names}
-    for round_ in range(rounds):
-        query = next(stream)
-        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
-            started = time.perf_counter()
-            encoders[name]([query])
-            single[name].append(time.perf_counter() - started)
+    for order, count in turns(rounds, block):
+        texts = [[next(stream)] for _ in range(count)]
+        for name in order:
+            for text in texts:
+                started = time.perf_counter()
+                encoders[name](text)
+                single[name].append(time.perf_counter() - started)
     batch_time = {name: 0.0 for name in names}
-    for round_ in range(batches):
-        batch = [next(stream) for _ in range(32)]
-        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
-            started = time.perf_counter()
-            encoders[name](batch)
-            batch_time[name] += time.perf_counter() - started
+    for order, count in turns(batches, max(1, block // 5)):
+        texts = [[next(stream) for _ in range(32)] for _ in range(count)]
+        for name in order:
+            for batch in texts:
+                started = time.perf_counter()
+                encoders[name](batch)
+                batch_time[name] += time.perf_counter() - started
     return {
         name: {
             "batch1_p50_ms": round(1000 * float(np.percentile(single[name], 50)), 3),
@@ -238,7 +252,7 @@ def markdown(report: dict) -> str:
     lines = ["# Serving: query tower latency, throughput, int8 recall", "",
              f"`{report['command']}`; load average {report['loadavg_start']} at the start, {report['loadavg_end']} at "
              f"the end ({report['machine']['cpu_count']} cores, shared with other work).", "",
-             "## Query encoders (MiniLM-L6 size), same process, round-robin", "",
+             "## Query encoders (MiniLM-L6 size), same process, taking turns", "",
              "| threads | encoder | batch 1 p50 ms | batch 1 p99 ms | batch 32 queries/s |", "|---|---|---|---|---|"]
     for threads, rows in report["latency"].items():
         for name, row in rows.items():
