@@ -165,6 +165,14 @@ def run_search(args: argparse.Namespace) -> int:
         queries += _read_queries_file(args.queries_file)
     if not queries:
         raise ValueError("No query given: pass query strings or --queries-file.")
+    if args.url or args.retriever:
+        local_only = [name for name, value in (("--model", args.model), ("--ef-search", args.ef_search),
+                                               ("--nprobe", args.nprobe)) if value is not None]
+        if args.url and (local_only or args.device):
+            raise ValueError(f"{', '.join(local_only or ['--device'])}: the service at --url searches with its own "
+                             "model and index; drop the option, or search a local --index.")
+        if args.retriever and args.model:
+            raise ValueError("--model: a --retriever folder holds its own model; drop --model.")
     if args.url:
         from .serving.client import search_service
 

@@ -268,6 +268,10 @@ def test_search_url_errors_are_one_line(server, capsys):
     assert status == 1 and f"answered 422: `k` must be an integer from 1 to {MAX_K}, got 0." in err
     status, _, err = _run(capsys, "search", "--url", f"http://127.0.0.1:{_free_port()}", "mug")
     assert status == 1 and "no search service answered" in err and "Traceback" not in err
+    status, _, err = _run(capsys, "search", "--url", server.url, "--ef-search", 16, "mug")
+    assert status == 1 and "--ef-search: the service at --url searches with its own model and index" in err
+    status, _, err = _run(capsys, "search", "--url", "127.0.0.1:8000", "mug")
+    assert status == 1 and "must start with http:// or https://" in err
 
 
 def test_search_retriever_json_gives_the_full_hits(shop, capsys):
