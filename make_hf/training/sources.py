@@ -111,8 +111,9 @@ def split_by_product(name: str, rows: datasets.Dataset, fraction: float, seed: i
         held = rows.select(indices[split])
         products, relevant = {}, defaultdict(list)
         for row in held:
-            products.setdefault(row["product_id"], {"product_id": row["product_id"], "title": row["title"],
-                                                    "image": row["image"]})
+            # Data without a title or an image column (a shop with no pictures) holds products without one.
+            products.setdefault(row["product_id"], {"product_id": row["product_id"], "title": row.get("title"),
+                                                    "image": row.get("image")})
             if row["product_id"] not in relevant[row["query"]]:
                 relevant[row["query"]].append(row["product_id"])
         splits[products_split(split)] = datasets.Dataset.from_list(list(products.values()))
