@@ -70,16 +70,12 @@ def shop(tmp_path_factory):
     return types.SimpleNamespace(root=root, images=images, folder=root / "retriever", retriever=retriever, rows=rows)
 
 
-@pytest.fixture(scope="module")
-def server(shop):
-    """`make-hf serve` in a subprocess on a free loopback port, for the whole module."""
+def _serve(*options: str):
+    """`make-hf serve OPTIONS` in a subprocess on a free loopback port, once it listens."""
     port = _free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "make_hf.cli", "serve", "--retriever", str(shop.folder), "--images", str(shop.images),
-         "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    process = subprocess.Popen([sys.executable, "-m", "make_hf.cli", "serve", *options, "--port", str(port)],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 180
     while True:
         if process.poll() is not None:
@@ -92,9 +88,20 @@ def server(shop):
                 process.kill()
                 pytest.fail("make-hf serve did not listen within 180 s")
             time.sleep(0.2)
-    yield types.SimpleNamespace(url=f"http://127.0.0.1:{port}", port=port, process=process)
-    process.terminate()
-    process.wait(timeout=30)
+    return types.SimpleNamespace(url=f"http://127.0.0.1:{port}", port=port, process=process)
+
+
+def _stop(server) -> None:
+    server.process.terminate()
+    server.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(shop):
+    """`make-hf serve --retriever` for the whole module."""
+    server = _serve("--retriever", str(shop.folder), "--images", str(shop.images))
+    yield server
+    _stop(server)
 
 
 def _request(server, method: str, path: str, body=None, raw: bytes | None = None):
@@ -309,6 +316,25 @@ def test_search_index_prints_titles_from_the_products_file_it_was_encoded_from(s
 
 
 # ------------------------------------------------------------------ the query encoder and the start-up modes
+
+
+def test_serve_onnx_answers_as_the_torch_query_tower_does(shop, server, tmp_path, capsys):
+    onnx_dir = tmp_path / "onnx"
+    assert _run(capsys, "export", "--model", shop.folder, "--format", "onnx", "--output", onnx_dir)[0] == 0
+    onnx_server = _serve("--retriever", str(shop.folder), "--onnx", str(onnx_dir), "--threads", "1")
+    try:
+        status, health = _get_json(onnx_server, "/health")
+        assert status == 200 and health["query_encoder"] == f"onnx ({onnx_dir})"
+        queries = [SCREWS, "red ceramic coffee mug", "green shelf"]
+        _, _, onnx_answer = _request(onnx_server, "POST", "/search", {"queries": queries, "k": 4})
+        _, _, torch_answer = _request(server, "POST", "/search", {"queries": queries, "k": 4})
+    finally:
+        _stop(onnx_server)
+    onnx_results, torch_results = json.loads(onnx_answer)["results"], json.loads(torch_answer)["results"]
+    for by_onnx, by_torch in zip(onnx_results, torch_results):
+        assert [hit["product_id"] for hit in by_onnx["results"]] == [hit["product_id"] for hit in by_torch["results"]]
+        assert [hit["score"] for hit in by_onnx["results"]] == pytest.approx(
+            [hit["score"] for hit in by_torch["results"]], abs=1e-4)
 
 
 def test_an_onnx_query_encoder_is_used_and_its_dimension_checked(shop, monkeypatch):
