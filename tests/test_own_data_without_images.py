@@ -1,9 +1,12 @@
-"""A shop's own training log without an image column (a catalogue with no pictures) trains, holds products out and
-evaluates them title-only, instead of failing with `KeyError: 'image'` while holding them out."""
+"""A shop's own training log without an image column (a catalogue with no pictures) or without titles (image-only
+products, for some rows or all) trains, holds products out and evaluates them, instead of failing with
+`KeyError: 'image'` while holding them out or `texts[i] must be a string` while training the tokenizer."""
 
 import json
 
 import datasets
+import pytest
+from PIL import Image
 
 from make_hf.training import PretrainArguments, pretrain
 from make_hf.training.sources import split_by_product
@@ -33,4 +36,22 @@ def test_a_log_without_images_trains_and_evaluates(tmp_path):
     results = pretrain(PretrainArguments(output_dir=str(tmp_path / "run"), **args))
     assert results["steps"] == 2
     assert 0.0 <= results["title+image"]["overall"]["recall@10"] <= 1.0
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("titled", ["none", "every_other"])
+def test_a_log_with_image_only_products_trains_and_evaluates(tmp_path, titled):
+    rows = []
+    for i in range(120):
+        colour = COLOURS[i % 4]
+        Image.new("RGB", (24, 24), colour).save(tmp_path / f"{i}.png")
+        row = {"query": f"{colour} thing", "image": f"{i}.png", "product_id": f"sku-{i}"}
+        if titled == "every_other" and i % 2:
+            row["title"] = f"{colour} thing model {i}"
+        rows.append(row)
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    args = {**TINY, "dataset": str(log), "max_train_steps": 2}
+    results = pretrain(PretrainArguments(output_dir=str(tmp_path / "run"), **args))
+    assert results["steps"] == 2 and results["skipped_rows"]["total"] == 0
     assert (tmp_path / "run" / "model.safetensors").is_file()

@@ -112,18 +112,23 @@ def _pretrained_towers(args: PretrainArguments) -> tuple[str | None, str | None]
 def _new_processor(args: PretrainArguments, config, data, processor_class):
     from ..tokenization import train_tokenizer
 
-    titles, queries = data.train["title"], data.train["query"]
+    train = data.train
+    queries = list(train["query"])
+    titles = list(train["title"]) if "title" in train.column_names else [None] * len(queries)
+    # Image-only products (no title, or no title column at all) give the tokenizer and the keywords nothing.
+    pairs = [(title, query) for title, query in zip(titles, queries) if isinstance(title, str)]
+    titles, queries_of_titles = [title for title, _ in pairs], [query for _, query in pairs]
     text, vision = _pretrained_towers(args)
     if text is not None:
         tokenizer = AutoTokenizer.from_pretrained(text)
     else:
-        tokenizer = train_tokenizer(list(queries) + list(titles), vocab_size=args.vocab_size)
+        tokenizer = train_tokenizer(queries + titles, vocab_size=args.vocab_size)
     if vision is not None:
         # The pretrained image tower, not the preset, says how its images are preprocessed (size, crop, mean).
         config = copy.deepcopy(config)
         config.vision_config = AutoConfig.from_pretrained(vision)
     processor = processor_class.from_config(config, tokenizer)
-    return processor.fit_keywords(titles, queries)
+    return processor.fit_keywords(titles, queries_of_titles)
 
 
 __all__ = ["build_model_and_processor"]
