@@ -65,7 +65,10 @@ def _validation_error(request: Request, error: RequestValidationError) -> JSONRe
 
 def create_app(service: SearchService) -> FastAPI:
     """The FastAPI app answering search, image, health and page requests from `service`."""
-    app = FastAPI(title="MAKE product search", description="Text-to-product retrieval with MAKE.", docs_url="/docs")
+    # No /docs or /redoc: they load their scripts from a CDN, which a shop's search machines often cannot reach. The
+    # schema stays at /openapi.json.
+    app = FastAPI(title="MAKE product search", description="Text-to-product retrieval with MAKE.", docs_url=None,
+                  redoc_url=None)
     page = resources.files(__package__).joinpath("static", "index.html").read_text(encoding="utf-8")
 
     app.add_exception_handler(RequestValidationError, _validation_error)
