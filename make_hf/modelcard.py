@@ -32,6 +32,7 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .loss_terms import LOSS_TERMS
 from .model_index import eval_results_from_groups, is_breakdown, metric_groups, metric_sort_key, pretty_metric, read_json
 from .results_tables import markdown_table, warning_lines
 
@@ -207,17 +208,11 @@ def _template_variables(config: dict) -> dict:
     query, title, vision = (_sub_config(config, key) for key in ("query_config", "title_config", "vision_config"))
     shared = bool(config.get("share_text_encoder", False))
     keyword = bool(config.get("keyword_enhancement", True))
-    weights = [
-        ("query-product", "query_product_loss_weight", 1.0),
-        ("title-image", "title_image_loss_weight", 0.5),
-        ("query-title", "query_title_loss_weight", 0.25),
-        ("query-image", "query_image_loss_weight", 0.25),
-        ("keyword-title", "keyword_title_loss_weight", 0.5),
-        ("query-keyword", "query_keyword_loss_weight", 0.5),
+    used = [
+        (term.label, config.get(term.weight_name, term.default_weight))
+        for term in LOSS_TERMS
+        if keyword or not term.uses_keywords
     ]
-    used = [(name, config.get(key, default)) for name, key, default in weights]
-    if not keyword:
-        used = [(name, value) for name, value in used if "keyword" not in name]
     logit_scale = config.get("logit_scale_init_value", math.log(1 / 0.07))
     return {
         "query_tower": _describe_text_tower(query),
