@@ -56,6 +56,7 @@ from .metrics import (
     ranks_from_scores,
     small_catalogue_warnings,
 )
+from .processing_make import is_query_text
 from .results_tables import format_results
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def _query_rows(table: _Table, product_index: Mapping, max_queries: int | None):
     texts, relevant = [], []
     for row in rows:
         text = all_texts[row]
-        if not isinstance(text, str) or not text.strip():
+        if not is_query_text(text):
             raise ValueError(f"queries[{row}]['query'] is {text!r}; a query must be a non-empty string.")
         ids = all_relevant[row]
         if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
