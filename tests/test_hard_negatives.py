@@ -103,3 +103,69 @@ def test_the_command_writes_the_rows_with_a_negatives_column(model_and_processor
     assert [row["query"] for row in written] == [row["query"] for row in rows]
     expected = mine_hard_negatives(model, processor, rows, num_negatives=2, top_k=16, show_progress=False)
     assert [row["negatives"] for row in written] == expected.negatives
+
+
+# ------------------------------------------------------------------ training on the negatives column
+
+
+def _rows_with_negatives(shop_rows, count=8):
+    rows = [dict(row) for row in shop_rows[:count]]
+    rows[0]["negatives"] = [shop_rows[20]["product_id"], rows[1]["product_id"], "not-a-product"]
+    rows[1]["negatives"] = [shop_rows[20]["product_id"], shop_rows[30]["product_id"]]
+    for row in rows[2:]:
+        row["negatives"] = []
+    return rows
+
+
+def test_the_collator_appends_negatives_as_product_only_rows(model_and_processor, shop_rows):
+    from make_hf.data import MakeCollator, catalogue_of, hash_product_id
+
+    model, processor = model_and_processor
+    rows = _rows_with_negatives(shop_rows)
+    collator = MakeCollator(processor, products=catalogue_of(shop_rows))
+    batch = collator(rows)
+    plain = MakeCollator(processor)([{k: v for k, v in row.items() if k != "negatives"} for row in rows])
+    # Two new products (row 1's own product and a repeat are not appended again; an unknown id is counted).
+    extra = [shop_rows[20]["product_id"], shop_rows[30]["product_id"]]
+    assert batch["product_ids"].tolist() == plain["product_ids"].tolist() + [hash_product_id(p) for p in extra]
+    assert collator.unknown_negatives == 1
+    masks = model.modality_masks(**batch)
+    assert masks["has_query"].tolist() == [True] * 8 + [False, False]
+    assert masks["has_product"].all() and not masks["has_keywords"][8:].any()
+    with torch.no_grad():
+        with_negatives, without = model(**batch), model(**plain)
+    # One more candidate per query can only raise the query -> product InfoNCE; nothing else anchors on them.
+    assert torch.isfinite(with_negatives.loss)
+    assert with_negatives.query_product_loss > without.query_product_loss
+    model.zero_grad()
+    model(**batch).loss.backward()  # the all-padding query rows must not turn a gradient into NaN
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    model.zero_grad()
+
+
+def test_negatives_without_a_catalogue_are_refused(model_and_processor, shop_rows):
+    from make_hf.data import MakeCollator
+
+    _, processor = model_and_processor
+    with pytest.raises(ValueError, match="products="):
+        MakeCollator(processor)(_rows_with_negatives(shop_rows))
+
+
+def test_pretrain_takes_a_negatives_column(tmp_path, model_and_processor):
+    from make_hf.training import PretrainArguments, pretrain
+
+    rows = []
+    for i in range(48):
+        colour = ("red", "blue", "green", "black")[i % 4]
+        rows.append({"query": f"{colour} mug", "title": f"ceramic {colour} mug number {i}", "product_id": f"p{i}"})
+    for i, row in enumerate(rows):
+        row["negatives"] = [f"p{(i + 1) % 48}", f"p{(i + 2) % 48}"]
+    data = tmp_path / "logs.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    results = pretrain(PretrainArguments(
+        model="make-tiny", dataset=str(data), output_dir=str(tmp_path / "run"), per_device_train_batch_size=8,
+        max_train_steps=3, warmup_steps=1, eval_steps=0, logging_steps=1, eval_batch_size=64,
+    ))
+    assert results["steps"] == 3
+    # The negatives of validation and test products are not brought into training.
+    assert results["unknown_negatives"] > 0

@@ -9,7 +9,7 @@ from ..training_stack import require_training_stack
 
 require_training_stack("make_hf.data (training and evaluation data)", ("datasets",))
 
-from .collator import MakeCollator, hash_product_id  # noqa: E402
+from .collator import MakeCollator, catalogue_of, hash_product_id  # noqa: E402
 from .emoji import build_emoji_cldr_3d, describe_emoji_cldr_3d, fetch_emoji_tarballs  # noqa: E402
 from .files import derive_product_id, load_triples  # noqa: E402
 from .skipped import SKIP_REASONS, SkippedRow, SkippedRows  # noqa: E402
@@ -21,6 +21,7 @@ __all__ = [
     "SkippedRow",
     "SkippedRows",
     "build_emoji_cldr_3d",
+    "catalogue_of",
     "derive_product_id",
     "describe_emoji_cldr_3d",
     "fetch_emoji_tarballs",

@@ -53,6 +53,13 @@ class MakeCollator:
         image_features (`ImageFeatureCache`, *optional*): a locked image tower's cache, filled with the rows'
             images. The batch then carries `image_features` (the cached tower outputs) instead of `pixel_values`,
             and no image is decoded; a row whose image the cache could not encode is skipped as corrupt.
+        negatives_column: the row key of mined hard negatives (`make-hf mine-negatives`): a list of product ids.
+        products (`Mapping`, *optional*): product id -> row with the product's title and image, where the
+            negatives are looked up (`catalogue_of(train_rows)`); needed when the rows carry negatives. Each
+            negative not already in the batch is appended as a product-only row: no query (its query tokens are
+            all padding, so `has_query` is False), no keywords, its own product id. The loss then scores it as one
+            more candidate for every query, and never as an anchor. Ids not in `products` are left out and
+            counted in `collator.unknown_negatives`.
 
     Returns (from `__call__`):
         A `BatchFeature` with the processor's keys (`query_input_ids`, `title_input_ids`, `pixel_values`,
@@ -75,6 +82,8 @@ class MakeCollator:
         return_tensors: str = "pt",
         padding: str = "longest",
         image_features=None,
+        negatives_column: str = "negatives",
+        products: Mapping[str, Mapping[str, Any]] | None = None,
     ):
         self.processor = processor
         self.query_column = query_column
@@ -87,6 +96,9 @@ class MakeCollator:
         self.return_tensors = return_tensors
         self.padding = padding
         self.image_features = image_features
+        self.negatives_column = negatives_column
+        self.products = products
+        self.unknown_negatives = 0
 
     def _skip(self, row: Mapping[str, Any], position: int, reason: str, detail: str) -> None:
         index = row.get(SOURCE_ROW_COLUMN)
@@ -104,7 +116,7 @@ class MakeCollator:
         has = {name: column in first for name, column in (("query", self.query_column), ("title", self.title_column),
                                                           ("image", self.image_column),
                                                           ("product_id", self.product_id_column))}
-        queries, titles, images, product_ids = [], [], [], []
+        queries, titles, images, product_ids, negatives = [], [], [], [], []
         for position, row in enumerate(rows):
             query = row.get(self.query_column) if has["query"] else None
             title = row.get(self.title_column) if has["title"] else None
@@ -123,6 +135,7 @@ class MakeCollator:
             titles.append(title if isinstance(title, str) and title.strip() else None)
             images.append(loaded)
             product_ids.append(product_id)
+            negatives.append(row.get(self.negatives_column) or ())
         if not queries:
             return _empty_batch()
         cached = self.image_features is not None and has["image"]
@@ -140,6 +153,59 @@ class MakeCollator:
         if has["product_id"]:
             ids = [hash_product_id(product_id) for product_id in product_ids]
             batch["product_ids"] = torch.tensor(ids, dtype=torch.long) if self.return_tensors == "pt" else ids
+        if self.negatives_column in first:
+            batch = self._append_negatives(batch, product_ids, negatives, has)
+        return batch
+
+    def _append_negatives(self, batch, product_ids: list, negatives: list, has: dict[str, bool]):
+        """Append each row's hard negatives that are not in the batch yet as product-only rows."""
+        if self.products is None:
+            raise ValueError(
+                f"The rows carry a {self.negatives_column!r} column (mined hard negatives): pass "
+                "`products=catalogue_of(train_rows)` to MakeCollator so their titles and images can be found."
+            )
+        if self.return_tensors != "pt" or not has["product_id"]:
+            raise ValueError("Hard negatives need return_tensors='pt' and a product id column.")
+        seen = set(product_ids)
+        extra_ids, titles, images = [], [], []
+        for ids in negatives:
+            for product_id in ids:
+                if product_id in seen:
+                    continue
+                seen.add(product_id)
+                product = self.products.get(product_id)
+                if product is None:
+                    self.unknown_negatives += 1
+                    continue
+                title, image = product.get(self.title_column), product.get(self.image_column)
+                try:
+                    opened = self._image(image) if image is not None else None
+                except (OSError, ValueError) as error:
+                    logger.warning("Left out hard negative %r: %s", product_id, error)
+                    continue
+                extra_ids.append(product_id)
+                titles.append(title if isinstance(title, str) and title.strip() else None)
+                images.append(opened)
+        if not extra_ids:
+            return batch
+        cached = self.image_features is not None and has["image"]
+        extra = self.processor(
+            title=titles if has["title"] else None,
+            images=images if has["image"] and not cached else None,
+            return_tensors="pt",
+            extract_keywords=False,
+            padding=self.padding,
+        )
+        if cached:
+            extra["image_features"], extra["image_mask"] = self.image_features.lookup(images)
+        extra["product_ids"] = torch.tensor([hash_product_id(pid) for pid in extra_ids], dtype=torch.long)
+        pad_id = getattr(self.processor.tokenizer, "pad_token_id", None) or 0
+        for key, value in list(batch.items()):
+            addition = extra.get(key)
+            if addition is None:  # no query, no keywords: padding that every mask reads as absent
+                fill = pad_id if key.endswith("input_ids") else 0
+                addition = torch.full((len(extra_ids), *value.shape[1:]), fill, dtype=value.dtype)
+            batch[key] = torch.cat(_same_width(value, addition, pad_id if key.endswith("input_ids") else 0))
         return batch
 
     def _image(self, image: Any) -> Any:
@@ -153,10 +219,46 @@ class MakeCollator:
         return image
 
 
+def _same_width(left: torch.Tensor, right: torch.Tensor, fill: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad two token tensors (B, L) to the longer L, so that their rows can be stacked."""
+    if left.dim() != 2 or left.shape[1] == right.shape[1]:
+        return left, right
+    width = max(left.shape[1], right.shape[1])
+
+    def pad(tensor):
+        return torch.nn.functional.pad(tensor, (0, width - tensor.shape[1]), value=fill)
+
+    return pad(left), pad(right)
+
+
+def catalogue_of(rows: Any, title_column: str = "title", image_column: str = "image",
+                 product_id_column: str = "product_id") -> dict[str, dict[str, Any]]:
+    """Product id -> `{title, image}` of the distinct products of training rows (the first row of each id), where
+    `MakeCollator` finds hard negatives. Only these products can be negatives: a mined negative from another split
+    is left out rather than brought into training."""
+    columns = getattr(rows, "column_names", None)
+    if columns is not None:
+        import datasets
+
+        if isinstance(rows.features.get(image_column), datasets.Image):  # keep images encoded: decoded per batch
+            rows = rows.cast_column(image_column, datasets.Image(decode=False))
+        ids = rows[product_id_column]
+        titles = rows[title_column] if title_column in columns else [None] * len(ids)
+        images = rows[image_column] if image_column in columns else [None] * len(ids)
+    else:
+        ids = [row.get(product_id_column) for row in rows]
+        titles = [row.get(title_column) for row in rows]
+        images = [row.get(image_column) for row in rows]
+    catalogue: dict[str, dict[str, Any]] = {}
+    for product_id, title, image in zip(ids, titles, images):
+        catalogue.setdefault(product_id, {title_column: title, image_column: image})
+    return catalogue
+
+
 def _empty_batch():
     from transformers import BatchFeature
 
     return BatchFeature(data={})
 
 
-__all__ = ["MakeCollator", "hash_product_id"]
+__all__ = ["MakeCollator", "catalogue_of", "hash_product_id"]

@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from ..data import MakeCollator, SkippedRows
+from ..data import MakeCollator, SkippedRows, catalogue_of
+from ..hard_negatives import NEGATIVES_COLUMN
 from ..evaluation import evaluate_retrieval, format_results
 from ..modeling_make import MakeOutput
 from .arguments import DEFAULT_MAX_TRAIN_STEPS, PretrainArguments, default_output_dir
@@ -82,7 +83,11 @@ def pretrain(args: PretrainArguments) -> dict:
         model.activation_checkpointing_enable()
     image_features = _locked_image_features(args, model, processor, data, accelerator)
 
-    collator = MakeCollator(processor, image_features=image_features)
+    # Mined hard negatives (a `negatives` column) are looked up among the training products only.
+    negatives = NEGATIVES_COLUMN in data.train.column_names
+    collator = MakeCollator(
+        processor, image_features=image_features, products=catalogue_of(data.train) if negatives else None
+    )
     train_dataloader = DataLoader(
         data.train,
         batch_size=args.per_device_train_batch_size,
@@ -237,6 +242,13 @@ def pretrain(args: PretrainArguments) -> dict:
         results["steps"] = completed_steps
         results["skipped_rows"] = skipped.summary()
         skipped.log()
+        if negatives:
+            results["unknown_negatives"] = collator.unknown_negatives
+            if collator.unknown_negatives:
+                logger.warning(
+                    f"{collator.unknown_negatives} mined negatives were left out: their product ids are not among "
+                    "the training products (another split's products, or rows skipped as bad).", main_process_only=True
+                )
         _write_outputs(unwrapped, data, args, results, history, evaluations)
     accelerator.wait_for_everyone()
     accelerator.end_training()
