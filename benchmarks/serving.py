@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import itertools
 import os
 import platform
@@ -217,15 +218,18 @@ def service_load_rows(model_dir: str, onnx_dir: str, work_dir: str, args) -> lis
     retriever_dir = os.path.join(work_dir, "retriever")
     if not os.path.isdir(os.path.join(retriever_dir, "index")):
         service_load.build_synthetic_retriever(model_dir, retriever_dir, num_products=3200)
+    # The server's query-encoder threads: its `--threads` where run_service_load passes one, and OMP_NUM_THREADS.
+    signature = inspect.signature(service_load.run_service_load)
     rows = []
     previous = os.environ.get("OMP_NUM_THREADS")
     try:
         for threads in args.threads:
             os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
             for onnx in (None, onnx_dir):
+                options = {"threads": threads} if "threads" in signature.parameters else {}
                 result = service_load.run_service_load(retriever_dir, onnx, requests=args.service_requests,
-                                                       concurrency=args.service_concurrency)
-                rows.append({"threads": threads, **result})
+                                                       concurrency=args.service_concurrency, **options)
+                rows.append({**result, "threads": threads})
                 print(f"service load, {threads} thread(s), {result['query_encoder']}: "
                       f"{result['requests_per_s']} requests/s, p50 {result['p50_ms']} ms", flush=True)
     finally:
