@@ -385,7 +385,9 @@ class OnnxQueryEncoder:
             `.onnx` file in the folder.
         threads: onnxruntime intra-op threads (None: onnxruntime's default, every core).
 
-    `encode(texts)` gives the vectors of `MakeRetriever.encode_queries(texts)` (fp32: to ~1e-6).
+    `encode(texts)` gives the vectors of `MakeRetriever.encode_queries(texts)` (fp32: to ~1e-6): the same tokens as
+    `MakeProcessor(query=...)`, padded to the batch's longest query instead of `query_max_length` (masked positions
+    change nothing but the work).
     """
 
     def __init__(self, folder: str | os.PathLike, int8: bool | str = False, threads: int | None = None):
