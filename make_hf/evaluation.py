@@ -29,7 +29,6 @@ and pass `encoded_products=` when only the query side changes. The names of the 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -123,7 +122,8 @@ def _image_weights(encoded: EncodedProducts) -> dict[str, Any]:
     # Only products with both modalities: the others get weight 0 or 1 on the image by masking, not by choice.
     both = encoded.has_title & encoded.has_image
     image_weight = encoded.modal_weights[:, -1]
-    result: dict[str, Any] = {"mean_image_weight": float(image_weight[both].mean()) if both.any() else math.nan}
+    # None (JSON null), not NaN, when no product has both: there is no weight to report, and NaN is not JSON.
+    result: dict[str, Any] = {"mean_image_weight": float(image_weight[both].mean()) if both.any() else None}
     for key, labels in (("image_weight_by_category", encoded.categories),
                         ("image_weight_by_category_group", encoded.category_groups)):
         if labels is None:

@@ -51,7 +51,7 @@ def format_results(results: Mapping[str, Any]) -> str:
         rows = [[name, f"{weight:.3f}"] for name, weight in results["image_weight_by_category"].items()]
         rows += [[f"**{name}** (group)", f"{weight:.3f}"] for name, weight in groups.items()]
         parts.append(markdown_table(["category", "mean image weight"], rows))
-    elif "mean_image_weight" in results:
+    elif results.get("mean_image_weight") is not None:
         parts.append(f"Mean image weight: {results['mean_image_weight']:.3f}")
     return "\n\n".join(parts) + "\n"
 

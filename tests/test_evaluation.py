@@ -274,3 +274,18 @@ def test_read_rows_reads_evaluation_files_with_the_training_reader(tmp_path):
     ragged.write_text("query,relevant_ids\nmug,a,b\n")
     with pytest.raises(ValueError, match=r"ragged.csv, line 2: 3 fields where the header has 2"):
         read_rows(ragged)
+
+
+def test_a_catalogue_without_images_reports_no_image_weight_and_stays_valid_json(setup):
+    import json
+
+    model, processor, products, queries = setup
+    title_only = [{key: value for key, value in row.items() if key not in ("image", "category", "category_group")}
+                  for row in products if row["title"] and row["title"].strip()]
+    known = {row["product_id"] for row in title_only}
+    kept = [dict(q, relevant_ids=[i for i in q["relevant_ids"] if i in known]) for q in queries]
+    kept = [q for q in kept if q["relevant_ids"]]
+    results = evaluate_retrieval(model, processor, title_only, kept, show_progress=False)
+    assert results["mean_image_weight"] is None
+    json.dumps(results, allow_nan=False)  # NaN would not be JSON
+    assert "nan" not in format_results(results).lower()
