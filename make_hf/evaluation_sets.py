@@ -14,7 +14,7 @@ queries (`query`, `relevant_ids`, optional `bucket`, `category_group`), ready fo
 - **a training run's folder**: `examples/pretrain.py` saves its validation and test sets in
   `<output_dir>/evaluation_sets/` (`save_evaluation_sets`), so the run's numbers can be computed again later.
 
-JSONL, JSON, CSV and TSV files are read row by row by `make_hf.data.files.read_records`, the reader training uses.
+JSONL, JSON, CSV and TSV files are read row by row by `make_hf.row_files.read_records`, the reader training uses.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def _parse_id_list(value: Any, where: str) -> list:
 
 
 def _text_rows(path: str) -> list[Any]:
-    from .data.files import read_records
+    from .row_files import read_records
 
     # Decoded here first so that a byte that is not UTF-8 is reported with its line and column (see make_hf.cli).
     Path(path).read_bytes().decode("utf-8-sig")
@@ -81,8 +81,13 @@ def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No file at {path!r}; check the path.")
     if suffix == ".parquet":
-        import pyarrow.parquet
-
+        try:
+            import pyarrow.parquet
+        except ImportError:
+            raise ImportError(
+                f"{path}: reading Parquet needs pyarrow, which the training stack brings: "
+                'pip install "make-hf[train]" (or pyarrow), or give a JSONL / CSV file.'
+            ) from None
         rows = pyarrow.parquet.read_table(path).to_pylist()
     else:
         rows = _text_rows(path)
