@@ -234,7 +234,9 @@ def load_evaluation_set(
                 f"Evaluation source {source!r} is neither 'synthetic', 'emoji', a {'/'.join(ROW_FILE_TYPES)} file nor "
                 "a folder (a training run's output_dir, or one saved with save_to_disk)."
             )
-        keys = (f"{split}_products", f"{split}_queries")
+        from .data.evaluation_splits import products_split, queries_split
+
+        keys = (products_split(split), queries_split(split))
         missing = [key for key in keys if key not in data]
         if missing:
             raise ValueError(f"{source}: no {', '.join(missing)} (available: {list(data)}); check the split.")
