@@ -5,6 +5,7 @@ from ..training_stack import require_training_stack
 require_training_stack("make_hf.training (pre-training)")
 
 from .arguments import PretrainArguments  # noqa: E402
+from .callbacks import TrainingCallback  # noqa: E402
 from .trainer import pretrain  # noqa: E402
 
-__all__ = ["PretrainArguments", "pretrain"]
+__all__ = ["PretrainArguments", "TrainingCallback", "pretrain"]

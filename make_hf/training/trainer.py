@@ -26,6 +26,7 @@ from ..evaluation import evaluate_retrieval, format_results
 from ..modeling_make import MakeOutput
 from .arguments import DEFAULT_MAX_TRAIN_STEPS, PretrainArguments, default_output_dir
 from ..atomic import atomic_path, remove_interrupted_writes, staged_directory, write_json, write_text
+from .callbacks import as_callbacks, call_hooks, stop_requested
 from .checkpoints import (
     explained_save_failure,
     prune_checkpoints,
@@ -35,10 +36,10 @@ from .checkpoints import (
     staging_path,
 )
 from .gradcache import GradCache
+from .in_memory import pretraining_data
 from .optimization import create_optimizer
 from .plots import plot_losses, plot_recall
 from .setup import build_model_and_processor
-from .sources import load_pretraining_data
 
 logger = get_logger(__name__)
 
@@ -46,8 +47,22 @@ logger = get_logger(__name__)
 LOSS_TERMS = tuple(field.name for field in dataclasses.fields(MakeOutput) if field.name.endswith("loss"))
 
 
-def pretrain(args: PretrainArguments) -> dict:
-    """Train MAKE as `args` says; return the final evaluation (also written to `args.output_dir`)."""
+def pretrain(
+    args: PretrainArguments, train_dataset=None, eval_dataset=None, test_dataset=None, callbacks=None
+) -> dict:
+    """Train MAKE as `args` says; return the final evaluation (also written to `args.output_dir`).
+
+    Args:
+        args: every setting of the run (`examples/pretrain.py --help` lists them).
+        train_dataset (*optional*): training rows instead of `args.dataset`: a `datasets.Dataset` or a list of row
+            dicts (query, title, image, product_id), checked as a training file is (`make_hf.training.in_memory`).
+        eval_dataset, test_dataset (*optional*): the validation set (scored every `eval_steps`) and the test set
+            (scored at the end): a dict / `DatasetDict` of `products` and `queries`, or training-style rows. Each
+            one not given is held out of `train_dataset` by product, as a training file is split.
+        callbacks (*optional*): functions `fn(step, metrics, model)` called after each validation, or
+            `TrainingCallback`s; one returning True stops the run (`make_hf.training.callbacks`).
+    """
+    callbacks = as_callbacks(callbacks)
     accelerator = Accelerator(
         cpu=_multi_process_without_gpu(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -77,7 +92,9 @@ def pretrain(args: PretrainArguments) -> dict:
     if args.resume_from_checkpoint:
         resume_path = resolve_resume_path(args.resume_from_checkpoint, checkpoint_dir)
 
-    data = load_pretraining_data(args)
+    data = pretraining_data(args, train_dataset, eval_dataset, test_dataset)
+    if train_dataset is not None:  # the card and its launch command name the rows given, not --dataset's default
+        args = dataclasses.replace(args, dataset=data.name)
     model, processor = build_model_and_processor(args, data, accelerator, resume_path)
     if args.activation_checkpointing:
         model.activation_checkpointing_enable()
@@ -133,6 +150,7 @@ def pretrain(args: PretrainArguments) -> dict:
         accelerator.init_trackers("make_pretraining", config=_tracker_config(args))
 
     completed_steps, history, evaluations = 0, [], []
+    stopped = False  # by a callback
     if resume_path is not None:
         accelerator.load_state(resume_path)
         with open(os.path.join(resume_path, "trainer_state.json"), encoding="utf-8") as f:
@@ -202,25 +220,37 @@ def pretrain(args: PretrainArguments) -> dict:
                 continue
             completed_steps += 1
             progress.update(1)
+            asked = None  # once a callback is called at this step: whether one asked to stop
 
             if completed_steps % args.logging_steps == 0 or completed_steps == max_train_steps:
                 row = _loss_row(accelerator, model, outputs, loss_terms, completed_steps, scheduler.get_last_lr()[0])
                 history.append(row)
                 progress.set_postfix(loss=f"{row['loss']:.3f}")
                 accelerator.log(row, step=completed_steps)
+                if callbacks:
+                    asked = call_hooks(callbacks, accelerator, "on_log", completed_steps, dict(row))
 
             if args.eval_steps and completed_steps % args.eval_steps == 0 and completed_steps < max_train_steps:
                 evaluations.append(
                     _validate(accelerator, model, processor, data, args, completed_steps, image_features)
                 )
+                if callbacks:
+                    unwrapped = accelerator.unwrap_model(model)  # still in eval mode
+                    asked = call_hooks(callbacks, accelerator, "on_evaluate", completed_steps, dict(evaluations[-1]),
+                                       unwrapped) or bool(asked)
                 model.train()
+
+            if asked is not None and stop_requested(accelerator, asked):
+                stopped = True
+                logger.info(f"A callback stopped the run at step {completed_steps} of {max_train_steps}.",
+                            main_process_only=True)
 
             if args.checkpointing_steps and completed_steps % args.checkpointing_steps == 0:
                 _save_checkpoint(accelerator, processor, checkpoint_dir, completed_steps, history, evaluations, args)
 
-            if completed_steps >= max_train_steps:
+            if completed_steps >= max_train_steps or stopped:
                 break
-        if completed_steps >= max_train_steps:
+        if completed_steps >= max_train_steps or stopped:
             break
     progress.close()
     train_seconds = time.perf_counter() - started
@@ -250,6 +280,7 @@ def pretrain(args: PretrainArguments) -> dict:
                     "the training products (another split's products, or rows skipped as bad).", main_process_only=True
                 )
         _write_outputs(unwrapped, data, args, results, history, evaluations)
+        call_hooks(callbacks, accelerator, "on_train_end", completed_steps, results, unwrapped)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return results
