@@ -155,13 +155,18 @@ class _EvalMode:
         self.model, self.was_training = model, model.training
 
     def __enter__(self):
-        self.model.eval()
+        # Switching modes visits every submodule (a thousand attribute writes for a MiniLM + image tower model):
+        # as costly as the query tower itself for one short query, so a model already in eval mode is left alone.
+        self.switched = any(module.training for module in self.model.modules())
+        if self.switched:
+            self.model.eval()
         self.no_grad = torch.inference_mode()
         self.no_grad.__enter__()
 
     def __exit__(self, *exc):
         self.no_grad.__exit__(*exc)
-        self.model.train(self.was_training)
+        if self.switched:
+            self.model.train(self.was_training)
 
 
 def _has_title(title: Any) -> bool:
