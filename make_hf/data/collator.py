@@ -3,11 +3,18 @@
 Use it as a `DataLoader`'s `collate_fn`. Each row is checked first (query present, product id present, image
 decodable with `make_hf.image_utils.load_image`); a row that fails is dropped from the batch and recorded in
 `collator.skipped_rows` (and logged), so an image that vanished or broke after loading costs one row, not the run.
+
+Every epoch visits the same titles and images, so the collator keeps what it derives from them in bounded LRU
+caches (`make_hf.data.bounded_cache`): each title's keyword string (on by default: a string per title is small) and,
+with `pixel_cache_mib`, each encoded image's pixel tensor, keyed by the image's content, so that a cached image is
+neither decoded nor resized again (off by default: 100k images at 224 px are 60 GB of float pixels).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,12 +23,16 @@ import torch
 from ..image_feature_cache import image_content_key
 from ..image_utils import load_image
 from ..keywords import stable_hash64
+from .bounded_cache import BoundedCache
 from .files import SOURCE_ROW_COLUMN, check_row
-from .skipped import SkippedRows
+from .skipped import SkippedRow, SkippedRows
 
 logger = logging.getLogger(__name__)
 
 _INT63 = (1 << 63) - 1
+
+DEFAULT_KEYWORD_CACHE_SIZE = 200_000
+"""Titles whose keyword strings a collator keeps: every title of a 200k-product shop (some 30 MB of strings)."""
 
 
 def hash_product_id(product_id: str) -> int:
@@ -60,6 +71,16 @@ class MakeCollator:
             all padding, so `has_query` is False), no keywords, its own product id. The loss then scores it as one
             more candidate for every query, and never as an anchor. Ids not in `products` are left out and
             counted in `collator.unknown_negatives`.
+        keyword_cache_size: the most titles whose keyword strings are kept (LRU; default
+            `DEFAULT_KEYWORD_CACHE_SIZE`; 0: extract every batch). The strings are those the processor would
+            extract; the processor's keyword extractor must not be refitted while the collator is in use.
+        pixel_cache_mib: the most MiB of pixel tensors kept, one per distinct encoded image (bytes, `datasets`
+            image dict or path, keyed by `image_content_key`; LRU; default 0: none). A cached image is not decoded
+            again: it passed the check once and its content is unchanged. An image costs 3·H·W·4 bytes (48 KiB at
+            64 px, 588 KiB at 224 px) in every DataLoader worker. Rows without a title always decode their image.
+        report_key: a batch key under which the rows dropped from this batch (and the hard negatives left out)
+            travel, for a collator running in DataLoader workers, whose `skipped_rows` the main process never sees.
+            Pop it from the batch (`take_report`) before calling the model. Default: none.
 
     Returns (from `__call__`):
         A `BatchFeature` with the processor's keys (`query_input_ids`, `title_input_ids`, `pixel_values`,
@@ -84,6 +105,9 @@ class MakeCollator:
         image_features=None,
         negatives_column: str = "negatives",
         products: Mapping[str, Mapping[str, Any]] | None = None,
+        keyword_cache_size: int = DEFAULT_KEYWORD_CACHE_SIZE,
+        pixel_cache_mib: int = 0,
+        report_key: str | None = None,
     ):
         self.processor = processor
         self.query_column = query_column
@@ -99,6 +123,12 @@ class MakeCollator:
         self.negatives_column = negatives_column
         self.products = products
         self.unknown_negatives = 0
+        self.keyword_cache = BoundedCache(keyword_cache_size)
+        if pixel_cache_mib and return_tensors != "pt":
+            raise ValueError("pixel_cache_mib needs return_tensors='pt': the cache holds torch pixel tensors.")
+        self.pixel_cache = BoundedCache(pixel_cache_mib * 2**20, lambda pixels: pixels.numel() * pixels.element_size())
+        self.report_key = report_key
+        self._dropped: list[SkippedRow] = []
 
     def _skip(self, row: Mapping[str, Any], position: int, reason: str, detail: str) -> None:
         index = row.get(SOURCE_ROW_COLUMN)
@@ -107,46 +137,76 @@ class MakeCollator:
             where = f"product {product!r}" if product is not None else f"batch position {position}"
             detail = f"{where}: {detail}"
         self.skipped_rows.add(index, reason, detail, source=self.source)
+        self._dropped.append(SkippedRow(self.source, None if index is None else int(index), reason, detail))
         logger.warning("Dropped a training row (%s, row %s): %s", reason, "?" if index is None else index, detail)
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]):
         if not rows:
             raise ValueError("MakeCollator got an empty list of rows; check the DataLoader's batch_size.")
+        self._dropped, unknown_before = [], self.unknown_negatives
+        batch = self._collate(rows)
+        if self.report_key is not None and (self._dropped or self.unknown_negatives != unknown_before):
+            batch[self.report_key] = {"skipped": [dataclasses.asdict(row) for row in self._dropped],
+                                      "unknown_negatives": self.unknown_negatives - unknown_before}
+        return batch
+
+    def take_report(self, batch) -> None:
+        """Pop `report_key` from a batch made in a DataLoader worker and add it to this collator's
+        `skipped_rows` and `unknown_negatives` (rows recorded twice count once)."""
+        report = batch.pop(self.report_key, None) if self.report_key is not None else None
+        if report:
+            self.skipped_rows.extend(SkippedRows([SkippedRow(**row) for row in report["skipped"]]))
+            self.unknown_negatives += report["unknown_negatives"]
+
+    def _collate(self, rows: Sequence[Mapping[str, Any]]):
         first = rows[0]
         has = {name: column in first for name, column in (("query", self.query_column), ("title", self.title_column),
                                                           ("image", self.image_column),
                                                           ("product_id", self.product_id_column))}
-        queries, titles, images, product_ids, negatives = [], [], [], [], []
+        queries, titles, images, product_ids, negatives, pixel_keys = [], [], [], [], [], []
         for position, row in enumerate(rows):
             query = row.get(self.query_column) if has["query"] else None
             title = row.get(self.title_column) if has["title"] else None
             image = row.get(self.image_column) if has["image"] else None
             product_id = row.get(self.product_id_column) if has["product_id"] else None
+            title = title if isinstance(title, str) and title.strip() else None
             opened = []
             problem = check_row(
                 query, title, image, product_id, needs_query=has["query"], needs_product_id=has["product_id"],
-                needs_product=has["title"] or has["image"], open_image=lambda value: opened.append(self._image(value)),
+                needs_product=has["title"] or has["image"],
+                open_image=lambda value: opened.append(self._image_or_cached(value, cacheable=title is not None)),
             )
             if problem is not None:
                 self._skip(row, position, *problem)
                 continue
-            loaded = opened[0] if opened else None
+            loaded, pixel_key = opened[0] if opened else (None, None)
             queries.append(query)
-            titles.append(title if isinstance(title, str) and title.strip() else None)
+            titles.append(title)
             images.append(loaded)
+            pixel_keys.append(pixel_key)
             product_ids.append(product_id)
             negatives.append(row.get(self.negatives_column) or ())
         if not queries:
             return _empty_batch()
         cached = self.image_features is not None and has["image"]
+        extract = self.extract_keywords
+        if extract is None:  # the processor's own rule: keywords for training batches (queries and titles)
+            extract = self.processor.extract_keywords and has["query"] and has["title"]
+        keywords = None
+        if extract and has["title"] and self.keyword_cache.limit:
+            keywords = [self._keywords(title) if title is not None else "" for title in titles]
+        pixels = [None if isinstance(image, _CachedPixels) else image for image in images]
         batch = self.processor(
             query=queries if has["query"] else None,
             title=titles if has["title"] else None,
-            images=images if has["image"] and not cached else None,
+            images=pixels if has["image"] and not cached else None,
+            keywords=keywords,
             return_tensors=self.return_tensors,
             extract_keywords=self.extract_keywords,
             padding=self.padding,
         )
+        if has["image"] and not cached:
+            self._use_pixel_cache(batch, images, pixel_keys)
         if cached:
             features, image_mask = self.image_features.lookup(images)
             batch["image_features"], batch["image_mask"] = features, image_mask
@@ -208,6 +268,39 @@ class MakeCollator:
             batch[key] = torch.cat(_same_width(value, addition, pad_id if key.endswith("input_ids") else 0))
         return batch
 
+    def _keywords(self, title: str) -> str:
+        """The keyword string the processor extracts from `title`, computed once while the cache holds it."""
+        keywords = self.keyword_cache.get(title)
+        if keywords is None:
+            extractor = self.processor.keyword_extractor
+            keywords = " ".join(extractor.extract(title, self.processor.num_keywords))
+            self.keyword_cache.put(title, keywords)
+        return keywords
+
+    def _image_or_cached(self, image: Any, cacheable: bool) -> tuple[Any, str | None]:
+        """`(decoded image, its content key to cache its pixels under)`, or `(_CachedPixels, None)` when the
+        pixel cache already holds this content: it decoded once and its bytes are the same."""
+        if not (self.pixel_cache.limit and cacheable and self.image_features is None
+                and isinstance(image, (bytes, bytearray, dict, str, os.PathLike))):
+            return self._image(image), None
+        key = image_content_key(image)  # raises FileNotFoundError for a file that is gone: a missing_image row
+        if key is not None:
+            pixels = self.pixel_cache.get(key)
+            if pixels is not None:
+                return _CachedPixels(pixels), None
+        return self._image(image), key
+
+    def _use_pixel_cache(self, batch, images: list, pixel_keys: list) -> None:
+        """Put the cached pixels into the batch's rows that skipped decoding; keep the new rows' pixels."""
+        if not self.pixel_cache.limit:
+            return
+        for row, (image, key) in enumerate(zip(images, pixel_keys)):
+            if isinstance(image, _CachedPixels):
+                batch["pixel_values"][row] = image.pixels
+                batch["image_mask"][row] = 1
+            elif key is not None:
+                self.pixel_cache.put(key, batch["pixel_values"][row].clone())
+
     def _image(self, image: Any) -> Any:
         """The decoded image, or with a feature cache the undecoded one once its cached entry is confirmed."""
         if self.image_features is None:
@@ -217,6 +310,15 @@ class MakeCollator:
             reason = self.image_features.failures.get(key, "its features were not cached; fill the cache first")
             raise ValueError(f"the image cannot be used: {reason}")
         return image
+
+
+class _CachedPixels:
+    """A row whose pixel tensor came from the pixel cache (the image was not decoded)."""
+
+    __slots__ = ("pixels",)
+
+    def __init__(self, pixels: torch.Tensor):
+        self.pixels = pixels
 
 
 def _same_width(left: torch.Tensor, right: torch.Tensor, fill: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -261,4 +363,4 @@ def _empty_batch():
     return BatchFeature(data={})
 
 
-__all__ = ["MakeCollator", "catalogue_of", "hash_product_id"]
+__all__ = ["DEFAULT_KEYWORD_CACHE_SIZE", "MakeCollator", "catalogue_of", "hash_product_id"]

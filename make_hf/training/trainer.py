@@ -36,10 +36,11 @@ from .checkpoints import (
     staging_path,
 )
 from .gradcache import GradCache
-from .in_memory import pretraining_data
+from .in_memory import pretraining_data, run_arguments
 from .optimization import create_optimizer
 from .plots import plot_losses, plot_recall
 from .setup import build_model_and_processor
+from .step_timing import StepTimer
 
 logger = get_logger(__name__)
 
@@ -63,6 +64,7 @@ def pretrain(
             `TrainingCallback`s; one returning True stops the run (`make_hf.training.callbacks`).
     """
     callbacks = as_callbacks(callbacks)
+    args = run_arguments(args, train_dataset)
     accelerator = Accelerator(
         cpu=_multi_process_without_gpu(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -70,7 +72,9 @@ def pretrain(
         log_with=None if args.report_to == "none" else args.report_to,
         project_dir=args.output_dir,
         # A sampler seeded per epoch makes the data order reproducible, which exact resumption needs.
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+        dataloader_config=DataLoaderConfiguration(
+            use_seedable_sampler=True, data_seed=args.seed, non_blocking=torch.cuda.is_available()
+        ),
     )
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. my-org/make-small).")
@@ -93,8 +97,6 @@ def pretrain(
         resume_path = resolve_resume_path(args.resume_from_checkpoint, checkpoint_dir)
 
     data = pretraining_data(args, train_dataset, eval_dataset, test_dataset)
-    if train_dataset is not None:  # the card and its launch command name the rows given, not --dataset's default
-        args = dataclasses.replace(args, dataset=data.name)
     model, processor = build_model_and_processor(args, data, accelerator, resume_path)
     if args.activation_checkpointing:
         model.activation_checkpointing_enable()
@@ -102,8 +104,16 @@ def pretrain(
 
     # Mined hard negatives (a `negatives` column) are looked up among the training products only.
     negatives = NEGATIVES_COLUMN in data.train.column_names
+    if args.pixel_cache_mib:  # pixels are cached by the encoded image's content: the collator decodes, once
+        from ..image_feature_cache import keep_images_encoded
+
+        data.train = keep_images_encoded(data.train)
+    workers = args.dataloader_num_workers
     collator = MakeCollator(
-        processor, image_features=image_features, products=catalogue_of(data.train) if negatives else None
+        processor, image_features=image_features, products=catalogue_of(data.train) if negatives else None,
+        pixel_cache_mib=args.pixel_cache_mib,
+        # Workers collate in their own processes: what they drop comes back with the batch.
+        report_key="collator_report" if workers else None,
     )
     train_dataloader = DataLoader(
         data.train,
@@ -114,6 +124,9 @@ def pretrain(
         # Its own generator: creating an iterator would otherwise draw from the global torch RNG and shift the
         # dropout stream of a resumed run away from the uninterrupted one.
         generator=torch.Generator().manual_seed(args.seed),
+        num_workers=workers,
+        persistent_workers=workers > 0,  # keep the workers' caches from one epoch to the next
+        pin_memory=accelerator.device.type == "cuda",  # then accelerate copies with non_blocking=True
     )
     if len(train_dataloader) == 0:
         raise ValueError(
@@ -181,6 +194,7 @@ def pretrain(
         main_process_only=True,
     )
     started = time.perf_counter()
+    timer = StepTimer()
     local_terms = None
     model.train()
     # A run resumed at its last step trains nothing (the loop below would take one step before its first check).
@@ -189,7 +203,8 @@ def pretrain(
         batches = train_dataloader
         if epoch == starting_epoch and skip_batches:
             batches = accelerator.skip_first_batches(train_dataloader, skip_batches)
-        for batch in batches:
+        for batch in timer.batches(batches):
+            collator.take_report(batch)
             if len(batch) == 0:  # every row of the batch was unreadable (already counted in the report)
                 if accelerator.num_processes > 1:
                     raise RuntimeError(
@@ -221,11 +236,14 @@ def pretrain(
             completed_steps += 1
             progress.update(1)
             asked = None  # once a callback is called at this step: whether one asked to stop
+            timer.step_done()
 
             if completed_steps % args.logging_steps == 0 or completed_steps == max_train_steps:
                 row = _loss_row(accelerator, model, outputs, loss_terms, completed_steps, scheduler.get_last_lr()[0])
+                row.update(timer.window_means())
                 history.append(row)
-                progress.set_postfix(loss=f"{row['loss']:.3f}")
+                progress.set_postfix(loss=f"{row['loss']:.3f}", data_s=f"{row['data_seconds']:.3f}",
+                                     compute_s=f"{row['compute_seconds']:.3f}")
                 accelerator.log(row, step=completed_steps)
                 if callbacks:
                     asked = call_hooks(callbacks, accelerator, "on_log", completed_steps, dict(row))
@@ -239,6 +257,7 @@ def pretrain(
                     asked = call_hooks(callbacks, accelerator, "on_evaluate", completed_steps, dict(evaluations[-1]),
                                        unwrapped) or bool(asked)
                 model.train()
+                timer.restart()
 
             if asked is not None and stop_requested(accelerator, asked):
                 stopped = True
@@ -247,6 +266,7 @@ def pretrain(
 
             if args.checkpointing_steps and completed_steps % args.checkpointing_steps == 0:
                 _save_checkpoint(accelerator, processor, checkpoint_dir, completed_steps, history, evaluations, args)
+                timer.restart()
 
             if completed_steps >= max_train_steps or stopped:
                 break
@@ -270,6 +290,7 @@ def pretrain(
         results = _final_evaluation(unwrapped, processor, data, args, image_features)
         results["train_seconds"] = round(train_seconds, 1)
         results["steps"] = completed_steps
+        results["step_time"] = timer.run_means()
         results["skipped_rows"] = skipped.summary()
         skipped.log()
         if negatives:
