@@ -62,8 +62,9 @@ VARIANTS = {
         Variant("clip", preset="clip"),
         Variant("make", make_family=True),
         Variant("make-shared-encoder", preset="make-shared-encoder"),
-        Variant("make-no-ma", preset="make-no-ma", config_overrides=None, fixed_mix=True),
-        Variant("make-no-ke", preset="make-no-ke"),
+        # The ablations take the MAKE arrangement (the shared projection), so that each removes one thing from it.
+        Variant("make-no-ma", preset="make-no-ma", config_overrides=SPE, fixed_mix=True),
+        Variant("make-no-ke", preset="make-no-ke", config_overrides=SPE),
         Variant("sentence-transformers fine-tune", kind="sentence-transformers"),
         Variant("make-spe-ste", config_overrides=SPE + ",tie_word_embeddings=true", make_family=True),
         Variant("make-spe-small-query", config_overrides=SPE, small_query_tower=True, make_family=True),
