@@ -28,6 +28,7 @@ the test-split evaluation table (`eval_results.json`, `eval_results.md`) and plo
     accelerate launch examples/pretrain.py --push_to_hub --hub_model_id my-org/make-small
 
 Run `python examples/pretrain.py --help` for every option (defaults live in `make_hf/training/arguments.py`).
+From Python, with rows or evaluation sets in memory and callbacks: `make_hf.training.pretrain` (see its docstring).
 """
 
 import logging

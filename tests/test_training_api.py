@@ -8,7 +8,7 @@ from PIL import Image
 
 from make_hf import MakeModel
 from make_hf.training import PretrainArguments, TrainingCallback, pretrain
-from make_hf.training.in_memory import pretraining_data
+from make_hf.training.in_memory import pretraining_data, run_arguments
 from make_hf.training.sources import load_pretraining_data
 
 TINY = dict(
@@ -131,8 +131,12 @@ def test_callbacks_receive_validation_metrics_at_the_eval_steps(tmp_path):
         seen.append((step, metrics["recall@10"]))
 
     recorder = _Recorder()
+    products = [{"product_id": f"e{i}", "title": f"{colour} {item} {i}", "image": Image.new("RGB", (16, 16), colour)}
+                for i, (colour, item) in enumerate(zip(COLOURS, ITEMS))]
+    queries = [{"query": f"{colour} {item}", "relevant_ids": [f"e{i}"]}
+               for i, (colour, item) in enumerate(zip(COLOURS, ITEMS))]
     results = pretrain(_args(tmp_path, max_train_steps=6, eval_steps=2), train_dataset=datasets.Dataset.from_list(
-        _rows()), callbacks=[record, recorder])
+        _rows()), eval_dataset={"products": products, "queries": queries}, callbacks=[record, recorder])
 
     assert [step for step, _ in seen] == [2, 4]  # not at the last step: the test split is scored there
     assert all(0.0 <= recall <= 1.0 for _, recall in seen)
@@ -140,6 +144,8 @@ def test_callbacks_receive_validation_metrics_at_the_eval_steps(tmp_path):
     assert [(row["step"], row["recall@10"]) for row in history["validation"]] == seen
     assert recorder.logged == [1, 2, 3, 4, 5, 6] and recorder.evaluated == [2, 4]
     assert recorder.ended == (6, results)
+    saved = datasets.load_from_disk(str(tmp_path / "run" / "evaluation_sets"))
+    assert saved["validation_products"]["product_id"] == [row["product_id"] for row in products]
 
 
 def test_a_callback_stops_the_run_and_the_model_is_still_saved_and_tested(tmp_path):
@@ -178,8 +184,18 @@ def test_bad_inputs_name_the_argument(tmp_path):
         pretraining_data(args, train_dataset=_rows(), eval_dataset={
             "products": [{"product_id": "a", "title": "b"}], "queries": [{"query": "b"}]})
     with pytest.raises(ValueError, match="Both args.dataset"):
-        pretraining_data(_args(tmp_path, dataset="emoji-en"), train_dataset=_rows())
+        run_arguments(_args(tmp_path, dataset="emoji-en"), train_dataset=_rows())
     with pytest.raises(TypeError, match="wrap a single one in a list"):
         pretrain(args, train_dataset=_rows(), callbacks=lambda step, metrics, model: None)
     with pytest.raises(TypeError, match=r"`callbacks\[0\]` is a str"):
         pretrain(args, train_dataset=_rows(), callbacks=["stop"])
+
+
+def test_a_run_on_rows_given_is_named_for_them_and_keeps_off_the_synthetic_run_folder(tmp_path):
+    rows = _rows()
+    named = run_arguments(PretrainArguments(model="make-tiny"), rows)
+    assert (named.dataset, named.output_dir) == ("train_dataset", "outputs/make-tiny-train_dataset")
+    assert run_arguments(_args(tmp_path), rows).output_dir == str(tmp_path / "run")
+    data = datasets.Dataset.from_list(rows)
+    data.info.dataset_name = "my-shop"
+    assert run_arguments(PretrainArguments(model="make-tiny"), data).output_dir == "outputs/make-tiny-my-shop"

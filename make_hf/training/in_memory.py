@@ -17,6 +17,7 @@ A set not given is held out of `train_dataset` by product, as a training file is
 neither, validation and test products both leave training; with one of them, only the other's products do.
 """
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,11 +25,28 @@ import datasets
 
 from ..data import SkippedRows, load_triples
 from ..data.evaluation_splits import products_split, queries_split
-from .arguments import PretrainArguments
+from .arguments import PretrainArguments, default_output_dir
 from .sources import PretrainingData, load_pretraining_data, split_by_product
 
 _IMAGE_TYPES = (str, bytes, dict)
 """Image cells a row dict may hold besides a PIL image and None: a path, encoded bytes, a `datasets` image dict."""
+
+
+def run_arguments(args: PretrainArguments, train_dataset: Any) -> PretrainArguments:
+    """`args` for a run on `train_dataset`: `dataset` names the rows given (for the model card and its launch
+    command), and a default `output_dir` is that of this data, not of the synthetic shop's run."""
+    if train_dataset is None:
+        return args
+    if args.dataset != PretrainArguments.dataset:
+        raise ValueError(
+            f"Both args.dataset ({args.dataset!r}) and train_dataset are given; pass the training rows one way: "
+            "leave `dataset` at its default with train_dataset, or drop train_dataset."
+        )
+    name = _dataset_name(train_dataset)
+    output_dir = args.output_dir
+    if output_dir == default_output_dir(args.model, args.dataset):
+        output_dir = default_output_dir(args.model, name)
+    return dataclasses.replace(args, dataset=name, output_dir=output_dir)
 
 
 def pretraining_data(
@@ -36,15 +54,7 @@ def pretraining_data(
 ) -> PretrainingData:
     """The run's data: `args.dataset`, or `train_dataset`; `eval_dataset` / `test_dataset` replace its validation /
     test split (held out of `train_dataset` by product when not given)."""
-    if train_dataset is None:
-        data = load_pretraining_data(args)
-    else:
-        if args.dataset != PretrainArguments.dataset:
-            raise ValueError(
-                f"Both args.dataset ({args.dataset!r}) and train_dataset are given; pass the training rows one way: "
-                "leave `dataset` at its default with train_dataset, or drop train_dataset."
-            )
-        data = None
+    data = load_pretraining_data(args) if train_dataset is None else None
     skipped = SkippedRows()
     given = {}
     for split, argument, value in (("validation", "eval_dataset", eval_dataset),
@@ -242,4 +252,4 @@ def _require_columns(dataset: datasets.Dataset, argument: str, names: list[str],
         )
 
 
-__all__ = ["evaluation_set", "pretraining_data", "training_rows"]
+__all__ = ["evaluation_set", "pretraining_data", "run_arguments", "training_rows"]
