@@ -94,6 +94,9 @@ def test_given_evaluation_sets_replace_the_held_out_products(tmp_path):
                                                                "queries": datasets.Dataset.from_list(queries)}),
                             test_dataset=test_rows)
     assert len(both.train) == len(rows)  # nothing held out: both sets are given
+    two_products = [row for row in rows if row["product_id"] in ("p0", "p1")]
+    assert len(pretraining_data(_args(tmp_path), train_dataset=two_products, eval_dataset=(products, queries),
+                                test_dataset=test_rows).train) == 4  # too few products to split: none needed
     assert both.validation_products["product_id"] == ["e1", "e2"]
     assert both.test_products["product_id"] == ["t1", "t2"]  # relevance derived from the rows
     assert both.test_queries.to_list() == [{"query": "green sock", "relevant_ids": ["t1"]},

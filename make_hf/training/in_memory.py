@@ -14,7 +14,8 @@ An evaluation set (`eval_dataset`, validated during the run; `test_dataset`, sco
   distinct products, and a query's relevant products are those it was logged with.
 
 A set not given is held out of `train_dataset` by product, as a training file is split (`split_by_product`): with
-neither, validation and test products both leave training; with one of them, only the other's products do.
+neither, validation and test products both leave training; with one of them, only the other's products do. With
+`args.dataset` instead of `train_dataset`, a set given replaces that split of the data as loaded.
 """
 
 import dataclasses
@@ -63,7 +64,7 @@ def pretraining_data(
             given[split] = evaluation_set(value, argument, args, skipped)
     if data is None:
         rows = training_rows(train_dataset, "train_dataset", args, skipped)
-        data = _held_out_of(rows, _dataset_name(train_dataset), args, needed={"validation", "test"} - set(given))
+        data = _held_out_of(rows, _dataset_name(train_dataset), args, given)
     for split, (products, queries) in given.items():
         setattr(data, products_split(split), products)
         setattr(data, queries_split(split), queries)
@@ -123,10 +124,14 @@ def evaluation_set(
     return products, queries
 
 
-def _held_out_of(rows: datasets.Dataset, name: str, args: PretrainArguments, needed: set[str]) -> PretrainingData:
-    """`rows` split by product as a training file is; the products of a split that is not `needed` train."""
+def _held_out_of(rows: datasets.Dataset, name: str, args: PretrainArguments, given: dict) -> PretrainingData:
+    """`rows` split by product as a training file is, for the held-out splits not `given`; the products that only
+    a given split's hold-out would take train."""
+    needed = {"validation", "test"} - set(given)
+    if not needed:
+        return PretrainingData(name, rows, *given["validation"], *given["test"])
     data = split_by_product(name, rows, args.validation_fraction, seed=args.seed)
-    if needed == {"validation", "test"}:
+    if len(needed) == 2:
         return data
     held = {pid for split in needed for pid in getattr(data, products_split(split))["product_id"]}
     data.train = rows.select([i for i, pid in enumerate(rows["product_id"]) if pid not in held])
