@@ -8,6 +8,12 @@ memory after building the model and the batch is reported next to it, their diff
 
     python benchmarks/training.py                                   # make-small, batches 64 256 1024, chunks of 64
     python benchmarks/training.py --preset make-tiny --batch_sizes 16 64 --chunk_size 8 --steps 1
+    python benchmarks/training.py --breakdown     # make-small at batch 64: data vs towers vs losses, against CLIP
+
+`--breakdown` (benchmarks/step_breakdown.py) profiles one make-small step at batch 64 on the synthetic shop: data
+time (collation, with and without the collator's caches) against compute time, the compute split by tower, and the
+step and FLOP ratios against a transformers `CLIPModel` with the same title and image towers, measured in the same
+process. It adds `step_breakdown` to training.json and leaves the rest of the file as it is.
 
 Writes a table to stdout and `benchmarks/results/training.json`, with the load average before and after the run:
 the machine this ran on is shared, so times are of that moment; the memory figures do not depend on the load.
@@ -84,12 +90,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default=os.path.join(HERE, "results", "training.json"))
+    parser.add_argument("--breakdown", action="store_true", help="profile one make-small step at batch 64 instead")
     parser.add_argument("--one", nargs=2, metavar=("BATCH", "CHUNK"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.one:  # a single configuration, in the process that the run below starts for it
         batch_size, chunk = int(args.one[0]), None if args.one[1] == "none" else int(args.one[1])
         print(json.dumps(measure(args.preset, batch_size, chunk, args.warmup, args.steps, args.threads)))
+        return
+
+    if args.breakdown:
+        breakdown(args)
         return
 
     load_before, started = os.getloadavg(), time.time()
@@ -144,6 +155,50 @@ def main() -> None:
     sys.path.insert(0, os.path.dirname(HERE))
     from make_hf.atomic import write_json
 
+    os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    write_json(args.output, report)
+
+
+def breakdown(args) -> None:
+    """`--breakdown`: run benchmarks/step_breakdown.py here with one thread, print it, add it to the JSON."""
+    import torch
+
+    sys.path.insert(0, HERE)
+    sys.path.insert(0, os.path.dirname(HERE))
+    from step_breakdown import measure
+
+    from make_hf.atomic import write_json
+
+    torch.set_num_threads(args.threads)
+    load_before, started = os.getloadavg(), time.time()
+    result = measure(batch_size=64, rounds=max(args.steps, 5))
+    result["command"] = "python benchmarks/training.py " + " ".join(sys.argv[1:])
+    result["load_average_before"] = [round(x, 2) for x in load_before]
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    result["minutes"] = round((time.time() - started) / 60, 1)
+    result["torch"] = torch.__version__
+    step, data, clip = result["step_seconds"], result["data_seconds_per_batch"], result["clip"]
+    print(f"make-small step at batch 64 ({args.threads} thread): {step * 1000:.0f} ms "
+          f"(forward {result['phases_seconds']['forward'] * 1000:.0f}, backward "
+          f"{result['phases_seconds']['backward'] * 1000:.0f}, AdamW {result['phases_seconds']['optimizer'] * 1000:.0f})")
+    print("| part | forward in the step (ms) | forward + backward alone (ms) |")
+    print("|---|---|---|")
+    for name, seconds in result["forward_seconds"].items():
+        alone = result["tower_forward_backward_alone_seconds"].get(name)
+        print(f"| {name} | {seconds * 1000:.0f} | {'' if alone is None else f'{alone * 1000:.0f}'} |")
+    print(f"data per batch: {data['no_cache_seconds'] * 1000:.0f} ms without caches, "
+          f"{data['keyword_cache_warm_seconds'] * 1000:.0f} ms keyword cache warm, "
+          f"{data['pixel_and_keyword_cache_warm_seconds'] * 1000:.0f} ms pixel + keyword caches warm; data share of a "
+          f"step {result['data_share_of_a_step']['no_cache']:.1%} -> "
+          f"{result['data_share_of_a_step']['pixel_and_keyword_cache_warm']:.1%}")
+    print(f"CLIPModel, same title and image towers: {clip['step_seconds'] * 1000:.0f} ms; MAKE / CLIP step "
+          f"{clip['make_over_clip_step']:.2f}x, FLOPs {clip['make_over_clip_flops']:.2f}x")
+    print(f"load average before / after: {result['load_average_before']} / {result['load_average_after']}")
+    report = {}
+    if os.path.exists(args.output):
+        with open(args.output, encoding="utf-8") as f:
+            report = json.load(f)
+    report["step_breakdown"] = result
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     write_json(args.output, report)
 
