@@ -122,3 +122,27 @@ def test_a_run_with_two_workers_reports_a_row_that_broke_after_loading(tmp_path,
 def test_dataloader_workers_must_not_be_negative():
     with pytest.raises(ValueError, match="--dataloader_num_workers must be 0 or more"):
         PretrainArguments(dataloader_num_workers=-1)
+
+
+def test_workers_and_the_pixel_cache_keep_the_weights_and_exact_resumption(tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    def weights(folder):
+        return load_file(os.path.join(folder, "model.safetensors"))
+
+    in_process = str(tmp_path / "in_process")
+    pretrain(PretrainArguments(output_dir=in_process, **TINY))
+    full = str(tmp_path / "full")
+    cached = dict(TINY, dataloader_num_workers=2, pixel_cache_mib=8)
+    pretrain(PretrainArguments(output_dir=full, checkpointing_steps=2, **cached))
+    resumed = str(tmp_path / "resumed")
+    os.makedirs(os.path.join(resumed, "checkpoints"))
+    shutil.copytree(os.path.join(full, "checkpoints", "checkpoint-2"),
+                    os.path.join(resumed, "checkpoints", "checkpoint-2"))
+    pretrain(PretrainArguments(output_dir=resumed, resume_from_checkpoint="latest", **cached))
+    expected = weights(in_process)
+    for other in (weights(full), weights(resumed)):
+        assert expected.keys() == other.keys()
+        assert all(torch.equal(expected[name], other[name]) for name in expected)
