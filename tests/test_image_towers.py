@@ -6,6 +6,7 @@ import random
 import sys
 from types import SimpleNamespace
 
+import datasets
 import numpy as np
 import pytest
 import timm
@@ -259,7 +260,7 @@ def test_pretrain_setup_initialises_the_image_tower_from_the_folder(lite0, token
     tokenizer.save_pretrained(text)
     args = PretrainArguments(model="make-tiny", output_dir=str(tmp_path / "run"),
                              init_from_towers=[str(text), str(lite0.folder)])
-    data = SimpleNamespace(train={"title": TITLES, "query": QUERIES})
+    data = SimpleNamespace(train=datasets.Dataset.from_dict({"title": TITLES, "query": QUERIES}))
     accelerator = SimpleNamespace(is_main_process=True, main_process_first=contextlib.nullcontext)
 
     model, processor = build_model_and_processor(args, data, accelerator)
