@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file
 
+import make_hf.training.in_memory as in_memory
 import make_hf.training.trainer as trainer
 from make_hf.training import PretrainArguments, pretrain
 
@@ -35,7 +36,7 @@ def _truncated_png() -> bytes:
 def test_a_failing_final_evaluation_keeps_the_trained_model(tmp_path, monkeypatch):
     from make_hf import MakeModel, MakeProcessor
 
-    load = trainer.load_pretraining_data
+    load = in_memory.load_pretraining_data
 
     def with_a_truncated_test_image(args):
         data = load(args)
@@ -44,7 +45,7 @@ def test_a_failing_final_evaluation_keeps_the_trained_model(tmp_path, monkeypatc
         data.test_products = datasets.Dataset.from_list(rows)
         return data
 
-    monkeypatch.setattr(trainer, "load_pretraining_data", with_a_truncated_test_image)
+    monkeypatch.setattr(in_memory, "load_pretraining_data", with_a_truncated_test_image)
     out = str(tmp_path / "run")
     with pytest.raises(RuntimeError, match=r"products\[5\] \(product_id '[^']+'\).*truncated") as failure:
         pretrain(PretrainArguments(output_dir=out, **TINY))
@@ -177,7 +178,7 @@ def test_num_train_epochs_takes_effect_when_max_train_steps_is_not_given(tmp_pat
     assert args.max_train_steps is None
 
     results = pretrain(args)
-    train_rows = len(trainer.load_pretraining_data(args).train)
+    train_rows = len(in_memory.load_pretraining_data(args).train)
     assert results["steps"] == train_rows // 16
 
 
