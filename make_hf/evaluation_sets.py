@@ -158,7 +158,13 @@ def save_evaluation_sets(folder: str | os.PathLike, splits: Mapping[str, Any]) -
     compute the same numbers later. Image paths are kept as they are: the images themselves are not copied."""
     import datasets
 
-    datasets.DatasetDict({name: splits[name] for name in splits}).save_to_disk(os.fspath(folder))
+    shown = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # a copy of sets already loaded: nothing for the user to wait for
+    try:
+        datasets.DatasetDict({name: splits[name] for name in splits}).save_to_disk(os.fspath(folder))
+    finally:
+        if shown:
+            datasets.enable_progress_bars()
 
 
 def run_evaluation_sets(model_folder: str | os.PathLike) -> str | None:
