@@ -33,7 +33,14 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 from .loss_terms import LOSS_TERMS
-from .model_index import eval_results_from_groups, is_breakdown, metric_groups, metric_sort_key, pretty_metric, read_json
+from .model_index import (
+    eval_results_from_groups,
+    is_breakdown,
+    metric_groups,
+    metric_sort_key,
+    pretty_metric,
+    read_json,
+)
 from .results_tables import markdown_table, warning_lines
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"

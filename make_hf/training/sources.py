@@ -4,11 +4,15 @@ import os
 import random
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import datasets
 
 from ..data.evaluation_splits import EVALUATION_SPLITS, HELD_OUT_SPLITS, products_split, queries_split
 from .arguments import PretrainArguments
+
+if TYPE_CHECKING:
+    from ..data import SkippedRows
 
 MIN_HELD_OUT_PRODUCTS = 200
 """Products a held-out catalogue gets at least, data allowing: Recall@k on fewer than 10·k products says little."""
