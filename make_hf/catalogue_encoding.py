@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from .atomic import remove_interrupted_writes, write_json
-from .encoding import encode_product_rows
+from .encoding import check_product_ids, encode_product_rows
 from .index import EMBEDDINGS_KEY, ProductEmbeddings, load_embeddings, save_embeddings
 
 MANIFEST_FILE = "manifest.json"
@@ -282,20 +282,6 @@ def _encode_shard(
     return save_embeddings(path, encoded.embeds[condition][keep], ids, modal_weights=weights, metadata=header)
 
 
-def check_product_ids(products: Sequence[dict]) -> None:
-    """Every row has a string (or integer) `product_id`, none repeated; errors name the row (`products[row]`)."""
-    seen: dict[Any, int] = {}
-    for row, product in enumerate(products):
-        pid = product.get("product_id")
-        if isinstance(pid, bool) or not isinstance(pid, (str, int)):
-            raise ValueError(f"products[{row}]['product_id'] is {pid!r}; product ids must be strings.")
-        if pid in seen:
-            raise ValueError(
-                f"products[{row}]['product_id'] = {pid!r} repeats products[{seen[pid]}]; ids must be unique."
-            )
-        seen[pid] = row
-
-
 def encode_catalogue(
     model: torch.nn.Module,
     processor: Any,
@@ -328,7 +314,7 @@ def encode_catalogue(
         raise ValueError(f"The manifest counts {manifest['num_rows']} catalogue rows but {len(products)} were given.")
     if not products:
         raise ValueError("The catalogue is empty: there is nothing to encode.")
-    check_product_ids(products)
+    check_product_ids([product.get("product_id") for product in products])
     # Every process checks (reading only) before the main one changes anything, so that all refuse a folder together.
     _prepare_folder(folder, manifest, overwrite)
     group.wait_for_everyone()

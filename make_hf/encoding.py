@@ -224,6 +224,15 @@ def encode_products(
     table = products if isinstance(products, _Table) else _Table(products, "products")
     table.require("product_id")
     product_ids = table.column("product_id")
+    check_product_ids(product_ids)
+    return encode_product_rows(
+        model, processor, table, conditions=conditions, batch_size=batch_size, show_progress=show_progress,
+        image_features=image_features, product_ids=product_ids,
+    )
+
+
+def check_product_ids(product_ids: Sequence[Any]) -> None:
+    """Every product has a string (or integer) id, none repeated; errors name the row (`products[row]`)."""
     seen: dict[Any, int] = {}
     for row, pid in enumerate(product_ids):
         if isinstance(pid, bool) or not isinstance(pid, (str, int)):
@@ -233,10 +242,6 @@ def encode_products(
                 f"products[{row}]['product_id'] = {pid!r} repeats products[{seen[pid]}]; ids must be unique."
             )
         seen[pid] = row
-    return encode_product_rows(
-        model, processor, table, conditions=conditions, batch_size=batch_size, show_progress=show_progress,
-        image_features=image_features, product_ids=product_ids,
-    )
 
 
 def _unreadable_image(images: list) -> tuple[int, Exception] | None:
@@ -396,6 +401,7 @@ def encode_queries(
 __all__ = [
     "CONDITIONS",
     "EncodedProducts",
+    "check_product_ids",
     "check_query_texts",
     "encode_product_rows",
     "encode_products",
