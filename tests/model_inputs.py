@@ -18,6 +18,19 @@ def single_torch_thread():
     torch.set_num_threads(previous)
 
 
+TINY_RUN = dict(
+    model="make-tiny",
+    per_device_train_batch_size=8,
+    max_train_steps=4,
+    warmup_steps=1,
+    eval_steps=0,
+    logging_steps=1,
+    eval_batch_size=64,
+    report_to="none",
+)
+"""`PretrainArguments` of a pre-training run of a few seconds: make-tiny, 4 steps of 8, no validation."""
+
+
 def tiny_config(preset: str = "make-tiny", **overrides) -> MakeConfig:
     """A preset at tiny size (hidden 32, 2 layers, 32 px images)."""
     if preset in ("make-tiny", "make-small", "make-base"):

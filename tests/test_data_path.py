@@ -13,11 +13,9 @@ from make_hf.data.bounded_cache import BoundedCache
 from make_hf.image_feature_cache import image_content_key, keep_images_encoded
 from make_hf.training import PretrainArguments, pretrain
 from make_hf.training import trainer as trainer_module
+from model_inputs import TINY_RUN
 
-TINY = dict(
-    model="make-tiny", synthetic_products=96, per_device_train_batch_size=8, max_train_steps=4, warmup_steps=1,
-    eval_steps=0, logging_steps=2, eval_batch_size=64, report_to="none",
-)
+TINY = dict(TINY_RUN, synthetic_products=96, logging_steps=2)
 
 
 @pytest.fixture(scope="module")

@@ -11,19 +11,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from make_hf.training import PretrainArguments, pretrain
+from model_inputs import TINY_RUN
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(
-    model="make-tiny",
-    synthetic_products=96,
-    per_device_train_batch_size=8,
-    max_train_steps=4,
-    warmup_steps=1,
-    eval_steps=0,
-    logging_steps=1,
-    eval_batch_size=64,
-    report_to="none",
-)
+TINY = dict(TINY_RUN, synthetic_products=96)
 
 
 def _weights(folder):

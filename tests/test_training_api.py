@@ -10,17 +10,9 @@ from make_hf import MakeModel
 from make_hf.training import PretrainArguments, TrainingCallback, pretrain
 from make_hf.training.in_memory import pretraining_data, run_arguments
 from make_hf.training.sources import load_pretraining_data
+from model_inputs import TINY_RUN
 
-TINY = dict(
-    model="make-tiny",
-    per_device_train_batch_size=8,
-    max_train_steps=4,
-    warmup_steps=1,
-    eval_steps=0,
-    logging_steps=1,
-    eval_batch_size=64,
-    report_to="none",
-)
+TINY = TINY_RUN
 COLOURS = ["red", "blue", "green", "white", "black", "yellow"]
 ITEMS = ["mug", "shirt", "lamp", "sock", "bag", "hat", "cap", "vase"]
 

@@ -12,18 +12,9 @@ from safetensors.torch import load_file
 import make_hf.training.in_memory as in_memory
 import make_hf.training.trainer as trainer
 from make_hf.training import PretrainArguments, pretrain
+from model_inputs import TINY_RUN
 
-TINY = dict(
-    model="make-tiny",
-    synthetic_products=200,
-    per_device_train_batch_size=8,
-    max_train_steps=2,
-    warmup_steps=1,
-    eval_steps=0,
-    logging_steps=1,
-    eval_batch_size=64,
-    report_to="none",
-)
+TINY = dict(TINY_RUN, synthetic_products=200, max_train_steps=2)
 
 
 def _truncated_png() -> bytes:
