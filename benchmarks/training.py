@@ -9,11 +9,16 @@ memory after building the model and the batch is reported next to it, their diff
     python benchmarks/training.py                                   # make-small, batches 64 256 1024, chunks of 64
     python benchmarks/training.py --preset make-tiny --batch_sizes 16 64 --chunk_size 8 --steps 1
     python benchmarks/training.py --breakdown     # make-small at batch 64: data vs towers vs losses, against CLIP
+    python benchmarks/training.py --quality       # synthetic-shop R@10: batch 64, batch 512 with GradCache, negatives
 
 `--breakdown` (benchmarks/step_breakdown.py) profiles one make-small step at batch 64 on the synthetic shop: data
 time (collation, with and without the collator's caches) against compute time, the compute split by tower, and the
 step and FLOP ratios against a transformers `CLIPModel` with the same title and image towers, measured in the same
 process. It adds `step_breakdown` to training.json and leaves the rest of the file as it is.
+
+`--quality` (benchmarks/training_quality.py) trains make-small on the synthetic shop for the same two epochs at batch
+64, at batch 512 with GradCache, and at batch 64 with mined hard negatives, 3 seeds each (resumable, one file per run),
+and adds their test Recall@10 to training.json as `quality`.
 
 Writes a table to stdout and `benchmarks/results/training.json`, with the load average before and after the run:
 the machine this ran on is shared, so times are of that moment; the memory figures do not depend on the load.
@@ -28,6 +33,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+import training_quality
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 QUERY_LENGTH, TITLE_LENGTH, NUM_TERMS = 16, 64, 8  # MakeProcessor's default query / title lengths
@@ -91,8 +98,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default=os.path.join(HERE, "results", "training.json"))
     parser.add_argument("--breakdown", action="store_true", help="profile one make-small step at batch 64 instead")
+    parser.add_argument("--quality", action="store_true", help="synthetic-shop R@10 of GradCache and hard negatives")
+    parser.add_argument("--work_dir", default=os.path.join(os.path.dirname(HERE), "outputs", "training-quality"),
+                        help="where --quality keeps its models")
     parser.add_argument("--one", nargs=2, metavar=("BATCH", "CHUNK"), help=argparse.SUPPRESS)
+    parser.add_argument("--quality_one", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+
+    if args.quality_one:  # one quality run, in the process that `--quality` starts for it
+        configuration, seed, work_dir, output = args.quality_one
+        record = training_quality.train_once(configuration, int(seed), work_dir, args.threads)
+        with open(output, "w", encoding="utf-8") as f:
+            json.dump(record, f)
+        return
+
+    if args.quality:
+        quality(args)
+        return
 
     if args.one:  # a single configuration, in the process that the run below starts for it
         batch_size, chunk = int(args.one[0]), None if args.one[1] == "none" else int(args.one[1])
@@ -155,8 +177,30 @@ def main() -> None:
     sys.path.insert(0, os.path.dirname(HERE))
     from make_hf.atomic import write_json
 
+    if os.path.exists(args.output):  # the --breakdown and --quality sections are kept
+        with open(args.output, encoding="utf-8") as f:
+            report.update({k: v for k, v in json.load(f).items() if k in ("step_breakdown", "quality")})
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     write_json(args.output, report)
+
+
+def quality(args) -> None:
+    """`--quality`: the missing quality runs, then their table, added to the JSON as `quality`."""
+    sys.path.insert(0, os.path.dirname(HERE))
+    from make_hf.atomic import write_json
+
+    load_before, started = os.getloadavg(), time.time()
+    training_quality.run_missing(args.work_dir, args.threads)
+    report = training_quality.summary()
+    report["load_average_before"] = [round(x, 2) for x in load_before]
+    report["minutes_this_call"] = round((time.time() - started) / 60, 1)
+    training_quality.print_table(report)
+    whole = {}
+    if os.path.exists(args.output):
+        with open(args.output, encoding="utf-8") as f:
+            whole = json.load(f)
+    whole["quality"] = report
+    write_json(args.output, whole)
 
 
 def breakdown(args) -> None:
@@ -180,7 +224,8 @@ def breakdown(args) -> None:
     step, data, clip = result["step_seconds"], result["data_seconds_per_batch"], result["clip"]
     print(f"make-small step at batch 64 ({args.threads} thread): {step * 1000:.0f} ms "
           f"(forward {result['phases_seconds']['forward'] * 1000:.0f}, backward "
-          f"{result['phases_seconds']['backward'] * 1000:.0f}, AdamW {result['phases_seconds']['optimizer'] * 1000:.0f})")
+          f"{result['phases_seconds']['backward'] * 1000:.0f}, "
+          f"AdamW {result['phases_seconds']['optimizer'] * 1000:.0f})")
     print("| part | forward in the step (ms) | forward + backward alone (ms) |")
     print("|---|---|---|")
     for name, seconds in result["forward_seconds"].items():
