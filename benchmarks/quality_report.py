@@ -136,8 +136,9 @@ def markdown(reports: dict) -> str:
         expected = [name for name in VARIANTS] + ["fixed mix"]
         missing = [name for name in expected if name not in present]
         if missing:
-            lines += ["Not measured yet (learning-rate search unfinished), so the interval above compares MAKE with "
-                      f"the best row measured so far: {', '.join(missing)}.", ""]
+            consequence = (", so the interval above compares MAKE with the best row measured so far"
+                           if report["make"] else "")
+            lines += [f"Not measured yet (learning-rate search unfinished){consequence}: {', '.join(missing)}.", ""]
     return "\n".join(lines)
 
 
@@ -164,8 +165,9 @@ def plot(reports: dict, path: str) -> None:
     fig, axes = plt.subplots(1, len(shown), figsize=(6 * len(shown), 4.5), squeeze=False)
     for ax, (dataset, report) in zip(axes[0], shown.items()):
         rows = ([dict(report["make"], name="MAKE")] if report["make"] else []) + report["baselines"]
+        colours = ["tab:orange" if r["name"] == "MAKE" else "tab:blue" for r in rows]
         ax.barh([r["name"] for r in rows], [r["recall@10"]["mean"] for r in rows],
-                xerr=[r["recall@10"]["std"] for r in rows], color=["tab:orange"] + ["tab:blue"] * (len(rows) - 1))
+                xerr=[r["recall@10"]["std"] for r in rows], color=colours)
         ax.set_xlim(0, 1)
         ax.invert_yaxis()
         ax.set_xlabel("test Recall@10 (mean ± std over seeds)")
