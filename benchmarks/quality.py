@@ -54,19 +54,22 @@ class Variant:
     settings: dict = field(default_factory=dict)
 
 
-SPE = "share_projection=true"
+# Both tower-sharing fields are spelled out, so that a variant means the same whatever MakeConfig's defaults are.
+SEPARATE = "share_projection=false,tie_word_embeddings=false"
+SPE = "share_projection=true,tie_word_embeddings=false"
+SPE_STE = "share_projection=true,tie_word_embeddings=true"
 VARIANTS = {
     variant.name: variant
     for variant in (
         Variant("make-spe", config_overrides=SPE, make_family=True),
         Variant("clip", preset="clip"),
-        Variant("make", make_family=True),
+        Variant("make", config_overrides=SEPARATE, make_family=True),
         Variant("make-shared-encoder", preset="make-shared-encoder"),
         # The ablations take the MAKE arrangement (the shared projection), so that each removes one thing from it.
         Variant("make-no-ma", preset="make-no-ma", config_overrides=SPE, fixed_mix=True),
         Variant("make-no-ke", preset="make-no-ke", config_overrides=SPE),
         Variant("sentence-transformers fine-tune", kind="sentence-transformers"),
-        Variant("make-spe-ste", config_overrides=SPE + ",tie_word_embeddings=true", make_family=True),
+        Variant("make-spe-ste", config_overrides=SPE_STE, make_family=True),
         Variant("make-spe-small-query", config_overrides=SPE, small_query_tower=True, make_family=True),
         Variant("MiniLM zero-shot", kind="zero-shot", trained=False),
         Variant("BM25", kind="bm25", trained=False),

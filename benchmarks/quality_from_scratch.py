@@ -41,6 +41,9 @@ def parse_args(argv=None):
     parser.add_argument("--max_train_steps", type=int, default=300)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=5e-4)
+    parser.add_argument("--config_overrides", default=None,
+                        help="MakeConfig fields for every preset, e.g. "
+                             "`share_projection=false,tie_word_embeddings=false` (the arrangement of README's table).")
     parser.add_argument("--emoji_data_dir", default=None, help="Folder with the Emoji-CLDR-3D npm tarballs.")
     parser.add_argument("--no_peers", action="store_true", help="Skip BM25 and MiniLM.")
     parser.add_argument("--no_minilm_towers", action="store_true", help="Skip MAKE from MiniLM towers.")
@@ -92,6 +95,7 @@ def run_dataset(dataset: str, args) -> dict:
         max_train_steps=args.max_train_steps,
         per_device_train_batch_size=args.batch_size,
         learning_rate=args.learning_rate,
+        config_overrides=args.config_overrides,
         eval_steps=0,
         report_to="none",
     )

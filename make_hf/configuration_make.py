@@ -24,6 +24,8 @@ logger = logging.get_logger(__name__)
 TEXT_POOLING_MODES = ("mean", "cls")
 VISION_POOLING_MODES = ("cls", "mean", "pooler")
 FUSION_MODES = ("modal_adaptation", "mean", "title", "image")
+# What a saved config without the tower-sharing fields was built with (they default to on since they were added).
+_ARRANGEMENT_BEFORE_SHARING = {"share_projection": False, "tie_word_embeddings": False}
 _DEFAULT_WEIGHTS = {term.weight_name: term.default_weight for term in LOSS_TERMS}
 
 # Tower sizes per preset size. Text towers are BERT, the image tower is ViT.
@@ -136,14 +138,19 @@ class MakeConfig(PreTrainedConfig):
         share_text_encoder (`bool`, defaults to `False`):
             If `True`, titles go through the query encoder and its projection (one text tower, as in CLIP); MAKE
             uses a separate query encoder.
-        share_projection (`bool`, defaults to `False`):
+        share_projection (`bool`, defaults to `True`):
             (ours) Project titles with the query encoder's projection: two text encoders, one map into the shared
-            space (ADE-SPE in Dong et al. 2022, "Exploring Dual Encoder Architectures for Question Answering").
-            Needs equal query and title hidden sizes; implied by `share_text_encoder`.
-        tie_word_embeddings (`bool`, defaults to `False`):
+            space (ADE-SPE in Dong et al. 2022, "Exploring Dual Encoder Architectures for Question Answering"). On by
+            default: with a projection per tower the separate query encoder trains worse than one shared encoder
+            (README, "Two text towers that train like one"). Needs equal query and title hidden sizes; implied by
+            `share_text_encoder`.
+        tie_word_embeddings (`bool`, defaults to `True`):
             (ours) The title encoder uses the query encoder's word-embedding matrix (ADE-STE in Dong et al. 2022),
-            tied through transformers' tied-weights mechanism, so checkpoints store it once. Needs a title encoder
-            with the query encoder's vocabulary and embedding size.
+            tied through transformers' tied-weights mechanism, so checkpoints store it once. On by default for the
+            same reason; it matters most for towers trained from scratch, whose query tower would otherwise learn its
+            words from short queries alone. Needs a title encoder with the query encoder's vocabulary and embedding
+            size; implied by `share_text_encoder`. A saved config without these two fields predates them and loads
+            with both off, the arrangement it was trained with.
         fusion (`str`, defaults to `"modal_adaptation"`):
             How title and image embeddings make the product embedding: `"modal_adaptation"` (learned per-product
             weights), `"mean"` (equal weights), `"title"` or `"image"` (one modality; the other is used only when the
@@ -190,8 +197,8 @@ class MakeConfig(PreTrainedConfig):
     text_pooling: str = "mean"
     vision_pooling: str = "cls"
     share_text_encoder: bool = False
-    share_projection: bool = False
-    tie_word_embeddings: bool = False
+    share_projection: bool = True
+    tie_word_embeddings: bool = True
     fusion: str = "modal_adaptation"
     modal_adaptation_hidden_size: int | None = None
     keyword_enhancement: bool = True
@@ -206,6 +213,11 @@ class MakeConfig(PreTrainedConfig):
     logit_scale_init_value: float = 2.6592
     logit_scale_max: float = 100.0
     initializer_factor: float = 1.0
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> "MakeConfig":
+        """Load a saved config; one saved before the tower-sharing fields existed keeps its separate arrangement."""
+        return super().from_dict({**_ARRANGEMENT_BEFORE_SHARING, **config_dict}, **kwargs)
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -258,20 +270,17 @@ class MakeConfig(PreTrainedConfig):
             if sizes[0] != sizes[1]:
                 raise ValueError(
                     f"`share_projection=True` needs equal query and title hidden sizes, got {sizes[0]} and "
-                    f"{sizes[1]}; use towers of one width or set `share_projection=False`."
+                    f"{sizes[1]}; use towers of one width or set `share_projection=False`"
+                    + (" and `tie_word_embeddings=False`." if self.tie_word_embeddings else ".")
                 )
-        if self.tie_word_embeddings:
-            if self.title_config is None:
-                raise ValueError(
-                    "`tie_word_embeddings=True` ties the title encoder's word embeddings to the query encoder's, but "
-                    "`share_text_encoder=True` leaves no title encoder; drop one of the two settings."
-                )
+        if self.tie_word_embeddings and self.title_config is not None:
             for attribute in ("vocab_size", "hidden_size"):
                 values = (getattr(self.query_config, attribute, None), getattr(self.title_config, attribute, None))
                 if values[0] != values[1]:
                     raise ValueError(
                         f"`tie_word_embeddings=True` needs the query and title encoders to share `{attribute}`, got "
-                        f"{values[0]} and {values[1]}; use one tokenizer and width for both or untie them."
+                        f"{values[0]} and {values[1]}; use one tokenizer and width for both or set "
+                        "`tie_word_embeddings=False`."
                     )
         for name in ("query_config", "title_config", "vision_config"):
             sub_config = getattr(self, name)

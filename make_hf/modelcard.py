@@ -220,11 +220,18 @@ def _template_variables(config: dict) -> dict:
         for term in LOSS_TERMS
         if keyword or not term.uses_keywords
     ]
+    # A saved config without the sharing fields predates them: both were off (see MakeConfig.from_dict).
+    title_shares = [
+        text
+        for key, text in (("share_projection", "projection"), ("tie_word_embeddings", "word embeddings (tied)"))
+        if config.get(key, False)
+    ]
     logit_scale = config.get("logit_scale_init_value", math.log(1 / 0.07))
     return {
         "query_tower": _describe_text_tower(query),
         "title_tower": _describe_text_tower(title),
         "shared_text_encoder": shared,
+        "title_shares": " and ".join(title_shares),
         "image_tower": _describe_vision_tower(vision),
         "projection_dim": config.get("projection_dim", 256),
         "text_pooling": config.get("text_pooling", "mean"),

@@ -367,7 +367,7 @@ class MakeModel(MakePreTrainedModel):
             else None
         )
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
-        if config.tie_word_embeddings:
+        if config.tie_word_embeddings and self.title_model is not None:
             # Read by `post_init` / `tie_weights`: the title tower's matrix becomes the query tower's parameter, and
             # `save_pretrained` stores it once.
             self._tied_weights_keys = {
@@ -836,9 +836,10 @@ class MakeModel(MakePreTrainedModel):
         Args:
             query: the query encoder: a hub id or local folder (plain transformers or sentence-transformers layout,
                 e.g. all-MiniLM-L6-v2), a loaded `PreTrainedModel`, or a config (random weights).
-            title: the title encoder, same forms. When omitted it is a second, independent copy of `query` (MAKE's
-                separate encoders start from the same text checkpoint); with `share_text_encoder=True` it must be
-                omitted and titles use the query encoder.
+            title: the title encoder, same forms. When omitted it is a second copy of `query` (MAKE's separate
+                encoders start from the same text checkpoint; with `tie_word_embeddings`, the default, the two keep
+                one word-embedding matrix, and a title checkpoint of its own gives up its matrix for the query's);
+                with `share_text_encoder=True` it must be omitted and titles use the query encoder.
             vision: the image encoder, same forms (required). Its `image_size` is what the processor must produce.
                 A timm tower (e.g. a folder written by `make_hf.image_towers.convert_efficientnet_lite`) brings its
                 own preprocessing and is pooled with its `pooler_output` unless `vision_pooling` is given.
@@ -864,6 +865,7 @@ class MakeModel(MakePreTrainedModel):
         """
         config, towers = compose_towers(query, title, vision, tower_kwargs, query_num_hidden_layers, **config_kwargs)
         return cls(config, **towers)
+
 
 def _word_embedding_name(model: nn.Module, tower: str) -> str:
     """The parameter name (`"<tower>.<path>.weight"`) of a text tower's input word-embedding matrix."""

@@ -171,6 +171,7 @@ def compose_towers(
     tower_kwargs = dict(tower_kwargs or {})
     keep_vision_pooler = config_kwargs.get("vision_pooling", "cls") == "pooler"
 
+    own_title_checkpoint = title is not None
     if not share and title is None:
         title = copy.deepcopy(query) if isinstance(query, (PreTrainedModel, PreTrainedConfig)) else query
     query_model, query_pooling = load_tower(query, "query", False, tower_kwargs)
@@ -179,6 +180,7 @@ def compose_towers(
         if isinstance(title, (str, os.PathLike)) and os.fspath(title) == os.fspath(query):
             # One checkpoint for both text towers: load it once (one download, one load report) and copy it.
             title_model, title_pooling = copy.deepcopy(query_model), query_pooling
+            own_title_checkpoint = False
         else:
             title_model, title_pooling = load_tower(title, "title", False, tower_kwargs)
         if query_pooling and title_pooling and query_pooling != title_pooling:
@@ -202,6 +204,11 @@ def compose_towers(
         vision_config=copy.deepcopy(vision_model.config),
         **config_kwargs,
     )
+    if own_title_checkpoint and config.tie_word_embeddings:
+        logger.warning(
+            "The title encoder's word embeddings are replaced by the query encoder's (`tie_word_embeddings=True`, "
+            "the default: one matrix for both text towers); pass `tie_word_embeddings=False` to keep its own."
+        )
     return config, {"query_model": query_model, "title_model": title_model, "vision_model": vision_model}
 
 

@@ -79,6 +79,8 @@ def test_overrides():
         query_hidden_size=128,
         vision_patch_size=4,
         fusion="mean",
+        share_projection=False,  # towers of two widths share neither projection nor word embeddings
+        tie_word_embeddings=False,
     )
     assert config.query_config.vocab_size == config.title_config.vocab_size == 5000
     assert config.vision_config.image_size == 32 and config.vision_config.patch_size == 4

@@ -44,12 +44,13 @@ def test_query_tower_is_minilm(minilm_path, minilm_model):
     assert [tower.config._attn_implementation for tower in towers] == ["sdpa"] * 3
 
 
-def test_title_defaults_to_an_independent_copy_of_the_query_checkpoint(minilm_model):
+def test_title_defaults_to_a_copy_of_the_query_checkpoint_sharing_only_the_word_embeddings(minilm_model):
     query_state, title_state = minilm_model.query_model.state_dict(), minilm_model.title_model.state_dict()
     assert query_state.keys() == title_state.keys()
+    tied = {"embeddings.word_embeddings.weight"}  # tie_word_embeddings (the default): one matrix for both towers
     for name, tensor in query_state.items():
         assert torch.equal(tensor, title_state[name]), name
-        assert tensor.data_ptr() != title_state[name].data_ptr(), name
+        assert (tensor.data_ptr() == title_state[name].data_ptr()) == (name in tied), name
     assert minilm_model.config.title_config.hidden_size == 384
     assert minilm_model.query_projection.weight.shape == (64, 384)
     assert minilm_model.image_projection.weight.shape == (64, 32)
@@ -82,3 +83,28 @@ def test_shared_encoder_and_config_towers(minilm_path):
     random_towers = MakeModel.from_towers(query=text, vision=ViTConfig(**TINY_VIT), text_pooling="cls")
     assert random_towers.config.text_pooling == "cls"
     assert random_towers.title_model is not random_towers.query_model
+
+
+def test_a_title_checkpoint_of_its_own_keeps_its_word_embeddings_only_when_untied(caplog):
+    from transformers import BertModel
+
+    def towers():  # fresh ones per model: MakeModel holds the modules it is given, tied or not
+        text = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                          intermediate_size=64)
+        torch.manual_seed(0)
+        return BertModel(text, add_pooling_layer=False), BertModel(text, add_pooling_layer=False)
+
+    query, title = towers()
+    with caplog.at_level("WARNING", logger="make_hf.tower_loading"):
+        tied = MakeModel.from_towers(query=query, title=title, vision=ViTConfig(**TINY_VIT))
+    assert "word embeddings are replaced by the query encoder's" in caplog.text
+    assert tied.title_model.get_input_embeddings().weight is tied.query_model.get_input_embeddings().weight
+
+    caplog.clear()
+    query, title = towers()
+    own = title.get_input_embeddings().weight.detach().clone()
+    with caplog.at_level("WARNING", logger="make_hf.tower_loading"):
+        untied = MakeModel.from_towers(query=query, title=title, vision=ViTConfig(**TINY_VIT),
+                                       tie_word_embeddings=False)
+    assert "replaced" not in caplog.text
+    assert torch.equal(untied.title_model.get_input_embeddings().weight, own)

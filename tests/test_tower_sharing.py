@@ -52,8 +52,35 @@ def test_tied_word_embeddings_are_one_parameter_stored_once(tmp_path):
 
 
 def test_untied_model_keeps_two_embedding_matrices():
-    model = build()
+    model = build(tie_word_embeddings=False)
     assert model.title_model.get_input_embeddings().weight is not model.query_model.get_input_embeddings().weight
+
+
+def test_defaults_share_the_projection_and_the_word_embeddings():
+    model = build()
+    assert model.title_projection is None
+    assert model.title_model.get_input_embeddings().weight is model.query_model.get_input_embeddings().weight
+    # With one shared text encoder there is nothing left to share: the defaults are implied, not an error.
+    shared = MakeModel(tiny_config("clip"))
+    assert shared.title_model is None and shared.title_projection is None
+
+
+def test_checkpoint_saved_without_the_sharing_fields_loads_as_it_was_trained(tmp_path):
+    import json
+
+    model = build(share_projection=False, tie_word_embeddings=False).eval()
+    model.save_pretrained(tmp_path)
+    config_file = tmp_path / "config.json"
+    saved = json.loads(config_file.read_text())
+    del saved["share_projection"], saved["tie_word_embeddings"]
+    config_file.write_text(json.dumps(saved))
+
+    loaded = MakeModel.from_pretrained(tmp_path).eval()
+    assert loaded.title_projection is not None
+    assert loaded.title_model.get_input_embeddings().weight is not loaded.query_model.get_input_embeddings().weight
+    ids = torch.tensor([[2, 17, 40, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.get_title_features(ids), model.get_title_features(ids))
 
 
 @pytest.mark.parametrize(
@@ -66,8 +93,6 @@ def test_untied_model_keeps_two_embedding_matrices():
 def test_impossible_sharing_is_refused_with_what_to_do(overrides, message):
     with pytest.raises(ValueError, match=message):
         MakeConfig.from_preset("make-tiny", **overrides)
-    with pytest.raises(ValueError, match="leaves no title encoder"):
-        MakeConfig.from_preset("clip", size="tiny", tie_word_embeddings=True)
 
 
 def test_query_tower_keeps_evenly_spaced_layers_of_a_pretrained_tower():
