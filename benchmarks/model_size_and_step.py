@@ -31,15 +31,17 @@ SIZE_PRESETS = ("make-tiny", "make-small", "make-base")
 
 
 def parameter_counts(model: MakeModel) -> dict:
-    """Total and per-part parameter counts (shared modules counted once)."""
+    """Total and per-part parameter counts; a shared parameter (tied word embeddings) counts for the query tower."""
     parts = {
         "query_tower": model.query_model,
         "title_tower": model.title_model,
         "image_tower": model.vision_model,
     }
-    counts = {
-        name: 0 if part is None else sum(p.numel() for p in part.parameters()) for name, part in parts.items()
-    }
+    seen, counts = set(), {}
+    for name, part in parts.items():
+        own = [p for p in ([] if part is None else part.parameters()) if id(p) not in seen]
+        seen.update(map(id, own))
+        counts[name] = sum(p.numel() for p in own)
     counts["total"] = sum(p.numel() for p in model.parameters())
     counts["heads"] = counts["total"] - counts["query_tower"] - counts["title_tower"] - counts["image_tower"]
     return counts
