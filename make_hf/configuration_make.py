@@ -24,7 +24,7 @@ logger = logging.get_logger(__name__)
 TEXT_POOLING_MODES = ("mean", "cls")
 VISION_POOLING_MODES = ("cls", "mean", "pooler")
 FUSION_MODES = ("modal_adaptation", "mean", "title", "image")
-# What a saved config without the tower-sharing fields was built with (they default to on since they were added).
+# What a saved config without the tower-sharing fields was built with (both fields default to on).
 _ARRANGEMENT_BEFORE_SHARING = {"share_projection": False, "tie_word_embeddings": False}
 _DEFAULT_WEIGHTS = {term.weight_name: term.default_weight for term in LOSS_TERMS}
 
