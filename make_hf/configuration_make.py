@@ -25,7 +25,7 @@ TEXT_POOLING_MODES = ("mean", "cls")
 VISION_POOLING_MODES = ("cls", "mean", "pooler")
 FUSION_MODES = ("modal_adaptation", "mean", "title", "image")
 # What a saved config without the tower-sharing fields was built with (both fields default to on).
-_ARRANGEMENT_BEFORE_SHARING = {"share_projection": False, "tie_word_embeddings": False}
+ARRANGEMENT_BEFORE_SHARING = {"share_projection": False, "tie_word_embeddings": False}
 _DEFAULT_WEIGHTS = {term.weight_name: term.default_weight for term in LOSS_TERMS}
 
 # Tower sizes per preset size. Text towers are BERT, the image tower is ViT.
@@ -217,7 +217,7 @@ class MakeConfig(PreTrainedConfig):
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs) -> "MakeConfig":
         """Load a saved config; one saved before the tower-sharing fields existed keeps its separate arrangement."""
-        return super().from_dict({**_ARRANGEMENT_BEFORE_SHARING, **config_dict}, **kwargs)
+        return super().from_dict({**ARRANGEMENT_BEFORE_SHARING, **config_dict}, **kwargs)
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

@@ -220,11 +220,12 @@ def _template_variables(config: dict) -> dict:
         for term in LOSS_TERMS
         if keyword or not term.uses_keywords
     ]
-    # A saved config without the sharing fields predates them: both were off (see MakeConfig.from_dict).
+    from .configuration_make import ARRANGEMENT_BEFORE_SHARING  # here: `make-hf --help` must not import torch
+
     title_shares = [
         text
         for key, text in (("share_projection", "projection"), ("tie_word_embeddings", "word embeddings (tied)"))
-        if config.get(key, False)
+        if config.get(key, ARRANGEMENT_BEFORE_SHARING[key])
     ]
     logit_scale = config.get("logit_scale_init_value", math.log(1 / 0.07))
     return {

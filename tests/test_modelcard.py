@@ -215,3 +215,12 @@ def test_launch_command_lists_what_differs_from_the_defaults():
     args = PretrainArguments(dataset="logs.jsonl", init_from_towers=["a", "b"], lock_image_tower=True)
     command = _launch_command(args)
     assert command.split(" \\\n    ")[1:] == ["--init_from_towers a b", "--lock_image_tower", "--dataset logs.jsonl"]
+
+
+def test_details_say_what_the_title_encoder_shares_and_an_older_config_shares_nothing():
+    config = MakeConfig.from_preset("make-tiny").to_dict()
+    assert "shares the query encoder's projection and word embeddings (tied)" in generate_model_card(config).text
+    config.update(share_projection=False)
+    assert "shares the query encoder's word embeddings (tied)" in generate_model_card(config).text
+    del config["share_projection"], config["tie_word_embeddings"]  # saved before the fields existed: both off
+    assert "shares the query encoder's" not in generate_model_card(config).text
